@@ -1,0 +1,3 @@
+from or1.train import main
+
+main()

@@ -1,0 +1,50 @@
+"""The padded tensor batch the learner trains on, built from generated samples.
+
+Layout of row i: the prompt's tokens, then the response's tokens, then padding (right-padded),
+so positions are 0..len-1 exactly as vLLM saw them. ``response_mask[i, t]`` is 1 where token t
+is a response token (those carry loss); per-token tensors are aligned with ``input_ids``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def build_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+                pad_id: int, advantages: Sequence[float] | torch.Tensor | None = None,
+                rollout_log_probs: Sequence[Sequence[float]] | None = None) -> dict[str, torch.Tensor]:
+    """Pad (prompt + response) rows into tensors.
+
+    Returns ``input_ids``, ``attention_mask``, ``response_mask`` and, when given, ``advantages``
+    (``[B]``) and ``rollout_log_probs`` (``[B, L]``, vLLM's values at response positions).
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError("one prompt per response is required")
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    B, L = len(lengths), max(lengths, default=0)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, L), dtype=torch.long)
+    response_mask = torch.zeros((B, L), dtype=torch.float32)
+    rollout_lp = torch.zeros((B, L), dtype=torch.float32) if rollout_log_probs is not None else None
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        n_p, n = len(p), lengths[i]
+        input_ids[i, :n] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        attention_mask[i, :n] = 1
+        response_mask[i, n_p:n] = 1.0
+        if rollout_lp is not None:
+            rollout_lp[i, n_p:n] = torch.tensor(rollout_log_probs[i], dtype=torch.float32)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+    if advantages is not None:
+        batch["advantages"] = torch.as_tensor(advantages, dtype=torch.float32).reshape(B)
+    if rollout_lp is not None:
+        batch["rollout_log_probs"] = rollout_lp
+    return batch
+
+
+def slice_batch(batch: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:
+    """Rows ``start:end``, trimmed to the longest row in the slice (less padding to compute)."""
+    part = {k: v[start:end] for k, v in batch.items()}
+    width = int(part["attention_mask"].sum(1).max().item()) if end > start else 0
+    return {k: (v[:, :width] if v.ndim == 2 else v) for k, v in part.items()}

@@ -1,0 +1,128 @@
+"""Typed configuration for or1, registered with Hydra's ConfigStore.
+
+Every option is documented once, here, next to its field. Recipes in ``recipes/`` are YAML files
+whose ``defaults`` list starts with ``or1_config`` (this schema), so a typo in a recipe or on the
+command line is an error at start-up, not a silently ignored key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TinyBootstrapConfig:
+    """Creates a tiny model and the synthetic arithmetic data when they are missing.
+
+    Only the ``tiny_cpu`` recipe turns this on, so that ``python -m or1.train`` runs end to end on
+    a fresh machine with no downloaded weights. Real recipes point ``model.path`` at a checkpoint.
+    """
+
+    enabled: bool = False
+    hidden_size: int = 256  # multiple of 64 (head_dim is fixed at 64 for vLLM's CPU attention)
+    num_layers: int = 2
+    seed: int = 0
+    warmup_steps: int = 500  # supervised steps on arithmetic: a weak start that RL can improve
+    warmup_lr: float = 1e-3
+    n_train: int = 4000  # arithmetic problems written to data/train.jsonl
+    n_val: int = 200  # held-out problems written to data/val.jsonl (never in train)
+    max_operand: int = 99
+
+
+@dataclass
+class ModelConfig:
+    path: str = MISSING  # Hugging Face model directory or hub name (on clusters that reach the hub)
+    dtype: str = "float32"  # dtype of the learner's master weights: float32 | bfloat16
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)  # jsonl files of {prompt, answer, data_source, ...}
+    val_files: list[str] = field(default_factory=list)  # held-out jsonl files scored by validation
+    prompt_key: str = "prompt"  # row field holding the user message
+    max_prompt_length: int = 1024  # prompts longer than this (in tokens) are dropped at load, with a count
+    shuffle: bool = True  # reshuffle the training prompts every epoch (seeded by trainer.seed)
+    apply_chat_template: bool = True  # wrap the prompt as one user message with the tokenizer's template
+
+
+@dataclass
+class RolloutConfig:
+    n: int = 16  # responses sampled per prompt (the GRPO group size)
+    temperature: float = 1.0  # OR1 samples at 1.0; lower temperatures collapse entropy
+    top_p: float = 1.0
+    max_response_length: int = 8192  # tokens; responses cut here are "truncated"
+    max_model_len: int = 10240  # vLLM context: must hold prompt + response
+    dtype: str = "bfloat16"  # vLLM weight dtype; float32 works on CPU and makes log-probs match exactly
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85  # on CPU: the share of host memory vLLM may take
+    cpu_kvcache_space_gib: Optional[int] = None  # sets VLLM_CPU_KVCACHE_SPACE in whole GiB (CPU only); None: vLLM default
+    enforce_eager: bool = False  # True skips graph capture / compilation (faster start, used on CPU)
+    enable_prefix_caching: bool = True  # the cache is reset after every weight push
+    num_cpus: float = 1  # Ray CPUs reserved for the rollout actor
+    val_n: int = 1  # samples per validation prompt
+    val_temperature: float = 0.0  # 0: greedy validation
+
+
+@dataclass
+class ActorConfig:
+    lr: float = 1e-6  # AdamW learning rate, constant (OR1)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping
+    clip_low: float = 0.2  # PPO ratio clip: ratio >= 1 - clip_low
+    clip_high: float = 0.2  # PPO ratio clip: ratio <= 1 + clip_high
+    micro_batch_size: int = 8  # sequences per forward/backward; does not change the loss (token-level)
+    num_cpus: float = 1  # Ray CPUs reserved for the learner actor
+    torch_threads: int = 0  # torch intra-op threads in the learner on CPU; 0: leave torch's default
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_eps: float = 1e-6  # A = (r - mean) / (std + adv_eps) within each prompt group
+    norm_adv_by_std: bool = True  # False: Dr. GRPO-style A = r - mean
+
+
+@dataclass
+class RewardConfig:
+    # "package.module:function" or "/path/to/file.py:function"; signature fn(response: str, sample: dict)
+    # returning a float or a dict with "score" (other keys are logged as reward/<key>).
+    fn: str = "or1.rewards.math:score"
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 100  # policy updates (one rollout batch each)
+    batch_size: int = 256  # prompts per rollout batch (each gets rollout.n responses)
+    output_dir: str = "outputs/run"  # metrics.jsonl, checkpoints and the resolved config go here
+    seed: int = 0  # seeds data order, torch and vLLM sampling
+    val_every: int = 0  # validate every k steps (0: only before and after training)
+    val_before_train: bool = True
+    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "wandb"])  # of console|jsonl|wandb
+    wandb_mode: str = "offline"  # offline | online | disabled
+    project: str = "or1"
+    experiment_name: str = "run"
+    ray_address: Optional[str] = None  # join an existing Ray cluster ("auto" or host:port); None: start one
+    ray_num_cpus: Optional[int] = None  # CPUs of a locally started Ray; None: all of the machine's
+    save_final: bool = True  # write the final policy in Hugging Face format to output_dir/final
+
+
+@dataclass
+class OR1Config:
+    recipe: str = "custom"  # the recipe's name, recorded in metrics and checkpoints
+    tiny: TinyBootstrapConfig = field(default_factory=TinyBootstrapConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="or1_config", node=OR1Config)

@@ -1,0 +1,57 @@
+"""Per-step metrics: one console line, ``metrics.jsonl``, and optionally wandb (offline by default)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+log = logging.getLogger("or1")
+
+# Console line: (metric key, label, format)
+_CONSOLE = [
+    ("reward/mean", "reward", ".3f"), ("acc/mean", "acc", ".3f"), ("val/acc", "val_acc", ".3f"),
+    ("response_length/mean", "len", ".1f"), ("actor/entropy", "entropy", ".3f"),
+    ("actor/pg_loss", "pg_loss", ".4f"), ("actor/grad_norm", "grad", ".3f"),
+    ("time/generate", "gen", ".1f"), ("time/update", "upd", ".1f"), ("time/sync", "sync", ".2f"),
+    ("time/step", "step_s", ".1f"),
+]
+
+
+class MetricsLogger:
+    def __init__(self, output_dir: str, backends: list[str], run_config: dict | None = None,
+                 wandb_mode: str = "offline", project: str = "or1", name: str = "run"):
+        unknown = set(backends) - {"console", "jsonl", "wandb"}
+        if unknown:
+            raise ValueError(f"unknown loggers {sorted(unknown)}; use console, jsonl, wandb")
+        self.backends = backends
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._wandb = None
+        if "wandb" in backends and wandb_mode != "disabled":
+            import wandb
+
+            self._wandb = wandb.init(project=project, name=name, dir=str(output_dir), mode=wandb_mode,
+                                     config=run_config or {})
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **{k: _plain(v) for k, v in sorted(metrics.items())}}
+        if "jsonl" in self.backends:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if "console" in self.backends:
+            parts = [f"step {step}"]
+            parts += [f"{label} {metrics[k]:{fmt}}" for k, label, fmt in _CONSOLE if k in metrics]
+            log.info(" | ".join(parts))
+        if self._wandb is not None:
+            self._wandb.log(record, step=step)
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _plain(v):
+    v = float(v)
+    return v if math.isfinite(v) else str(v)

@@ -1,0 +1,200 @@
+"""The tiny model factory: a small Qwen2 causal LM with a character-level tokenizer.
+
+``python -m or1.tiny --out DIR`` writes a Hugging Face model directory that both ``transformers``
+and vLLM load. No weights can be downloaded on CI, so every test and the ``tiny_cpu`` recipe use
+models made here. ``--warmup-steps N`` adds a short supervised warm-up on the synthetic arithmetic
+task so that RL starts from a real but weak policy, as OR1 starts from an SFT model.
+
+Design constraints (see docs/notes.md): vLLM's CPU attention needs head_dim >= 32, so head_dim is
+fixed at 64 and the number of heads follows from the hidden size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HEAD_DIM = 64
+PAD, EOS, UNK = "<pad>", "<|endoftext|>", "<unk>"
+SPECIAL_TOKENS = [PAD, EOS, UNK]
+# The prompt is the user's text followed by "=", the answer follows directly. Kept trivial so a
+# character model can learn it; real models bring their own chat template.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}={% endif %}"
+)
+
+
+@dataclass
+class TinySpec:
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_kv_heads: int = 1
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    seed: int = 0
+
+
+def build_tokenizer():
+    """A fast tokenizer with one token per ASCII character plus three specials."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for code in range(128):
+        vocab[chr(code)] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # characters join back without separators
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+        model_max_length=1 << 20, clean_up_tokenization_spaces=False,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_model(spec: TinySpec, tokenizer):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if spec.hidden_size % HEAD_DIM:
+        raise ValueError(f"hidden_size must be a multiple of {HEAD_DIM} (vLLM CPU attention)")
+    heads = spec.hidden_size // HEAD_DIM
+    if heads % spec.num_kv_heads:
+        raise ValueError(f"{heads} attention heads are not divisible by {spec.num_kv_heads} KV heads")
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=spec.num_kv_heads,
+        head_dim=HEAD_DIM,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        rope_theta=10000.0,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(spec.seed)
+    return Qwen2ForCausalLM(config)
+
+
+def supervised_warmup(model, tokenizer, rows: list[dict], steps: int, batch_size: int = 64,
+                      lr: float = 3e-3, seed: int = 0, log_every: int = 0) -> None:
+    """Teacher-forced training on ``prompt -> answer<eos>``; the loss covers only answer tokens."""
+    import torch
+
+    rng = random.Random(seed)
+    eos = tokenizer.eos_token_id
+    encoded = []
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True, tokenize=False)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [eos]
+        encoded.append((p_ids, a_ids))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for step in range(steps):
+        batch = [encoded[rng.randrange(len(encoded))] for _ in range(batch_size)]
+        length = max(len(p) + len(a) for p, a in batch)
+        ids = torch.full((batch_size, length), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch_size, length), -100, dtype=torch.long)
+        attn = torch.zeros((batch_size, length), dtype=torch.long)
+        for i, (p, a) in enumerate(batch):
+            seq = p + a
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, len(p): len(seq)] = torch.tensor(a)
+            attn[i, : len(seq)] = 1
+        # cosine decay keeps the short warm-up stable
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"warm-up step {step}: loss {loss.item():.4f}", flush=True)
+    model.eval()
+
+
+def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 8) -> float:
+    """Exact-match accuracy of greedy decoding with transformers (a reference independent of vLLM)."""
+    import torch
+
+    correct = 0
+    tokenizer.padding_side = "left"
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                             add_generation_prompt=True, tokenize=False) for r in rows]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    for text, row in zip(texts, rows):
+        correct += text.strip() == row["answer"]
+    tokenizer.padding_side = "right"
+    return correct / max(len(rows), 1)
+
+
+def create_tiny_model(out: str | Path, spec: TinySpec | None = None, warmup_steps: int = 0,
+                      warmup_rows: list[dict] | None = None, warmup_lr: float = 3e-3,
+                      log_every: int = 0) -> Path:
+    """Write a tiny model directory (weights, config, tokenizer) and return its path."""
+    spec = spec or TinySpec()
+    out = Path(out)
+    tokenizer = build_tokenizer()
+    model = build_model(spec, tokenizer)
+    info = {"spec": asdict(spec), "warmup_steps": warmup_steps}
+    if warmup_steps:
+        if not warmup_rows:
+            raise ValueError("warmup_steps > 0 needs warmup_rows")
+        t0 = time.time()
+        supervised_warmup(model, tokenizer, warmup_rows, warmup_steps, lr=warmup_lr,
+                          seed=spec.seed, log_every=log_every)
+        info["warmup_seconds"] = round(time.time() - t0, 1)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "or1_tiny.json").write_text(json.dumps(info, indent=1))
+    if out.exists():
+        raise FileExistsError(f"{out} already exists")
+    tmp.rename(out)  # the directory appears only when complete
+    return out
+
+
+def main() -> None:
+    from or1.data.arithmetic import generate_splits
+
+    p = argparse.ArgumentParser(description="Write a tiny Qwen2 model with a character tokenizer.")
+    p.add_argument("--out", required=True, help="directory to create")
+    p.add_argument("--hidden-size", type=int, default=TinySpec.hidden_size)
+    p.add_argument("--layers", type=int, default=TinySpec.num_layers)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="supervised steps on the synthetic arithmetic task (0: random weights)")
+    p.add_argument("--warmup-lr", type=float, default=3e-3)
+    a = p.parse_args()
+    spec = TinySpec(hidden_size=a.hidden_size, num_layers=a.layers, seed=a.seed)
+    train, val = generate_splits(4000, 200, seed=0)
+    path = create_tiny_model(a.out, spec, a.warmup_steps, train, a.warmup_lr, log_every=50)
+    if a.warmup_steps:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        acc = greedy_accuracy(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), val)
+        print(f"greedy validation accuracy after warm-up: {acc:.3f}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The learner: a Ray actor that owns the policy in torch, sharded with FSDP2.
+
+One actor per data-parallel rank. The process group is NCCL on GPUs and gloo on CPU; with world
+size 1 on CPU the same code path runs (FSDP2 over a one-rank mesh), so what CI tests is what
+runs on clusters. The maths lives in ``or1.algo``; this file only moves tensors through it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from or1.algo.losses import ppo_clip_loss, token_log_probs_and_entropy, token_mean
+from or1.batch import slice_batch
+from or1.config import ActorConfig, ModelConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+
+
+class Learner:
+    """Wrapped with ``ray.remote`` by the driver; a plain class so tests can also run it in-process."""
+
+    def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, rank: int = 0, world_size: int = 1,
+                 master_addr: str = "127.0.0.1", master_port: int = 29500, seed: int = 0):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        from transformers import AutoModelForCausalLM
+
+        self.cfg = actor_cfg
+        self.rank, self.world_size = rank, world_size
+        if actor_cfg.torch_threads > 0:
+            torch.set_num_threads(actor_cfg.torch_threads)
+        torch.manual_seed(seed)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+            else torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                    init_method=f"tcp://{master_addr}:{master_port}",
+                                    rank=rank, world_size=world_size)
+        model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=torch_dtype(model_cfg.dtype),
+                                                     trust_remote_code=model_cfg.trust_remote_code)
+        model.to(self.device)
+        mesh = init_device_mesh(self.device.type, (world_size,))
+        # Shard each decoder layer, then the root (embeddings, final norm, head): the usual FSDP2 unit.
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=actor_cfg.lr, betas=tuple(actor_cfg.betas),
+                                           weight_decay=actor_cfg.weight_decay)
+
+    # --- forward passes --------------------------------------------------------------------
+    def _forward(self, mb: dict[str, torch.Tensor], with_entropy: bool):
+        logits = self.model(input_ids=mb["input_ids"].to(self.device),
+                            attention_mask=mb["attention_mask"].to(self.device), use_cache=False).logits
+        return token_log_probs_and_entropy(logits, mb["input_ids"].to(self.device), with_entropy)
+
+    @torch.no_grad()
+    def compute_log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Current policy's log-prob of every token (``[B, L]``, aligned with ``input_ids``)."""
+        self.model.eval()
+        out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+        mbs = self.cfg.micro_batch_size
+        for start in range(0, out.shape[0], mbs):
+            mb = slice_batch(batch, start, start + mbs)
+            logp, _ = self._forward(mb, with_entropy=False)
+            out[start:start + mbs, : logp.shape[1]] = logp.float().cpu()
+        return out
+
+    # --- the policy update -----------------------------------------------------------------
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step on ``batch`` (needs ``old_log_probs`` and ``advantages``).
+
+        The loss is the token mean over every response token of the batch: each micro-batch
+        contributes sum(token losses) / T with T counted over the whole batch (and all ranks),
+        so gradient accumulation reproduces the single-batch gradient exactly.
+        """
+        t0 = time.time()
+        self.model.train()
+        mask_all = batch["response_mask"]
+        num_tokens = mask_all.sum()
+        if self.world_size > 1:
+            num_tokens = num_tokens.to(self.device)
+            dist.all_reduce(num_tokens)
+            num_tokens = num_tokens.cpu()
+        sums = {"pg_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
+        self.optimizer.zero_grad(set_to_none=True)
+        mbs = self.cfg.micro_batch_size
+        for start in range(0, mask_all.shape[0], mbs):
+            mb = slice_batch(batch, start, start + mbs)
+            mask = mb["response_mask"].to(self.device)
+            logp, entropy = self._forward(mb, with_entropy=True)
+            old = mb["old_log_probs"].to(self.device)
+            adv = mb["advantages"].to(self.device).unsqueeze(1)
+            pg, clipped = ppo_clip_loss(logp, old, adv, self.cfg.clip_low, self.cfg.clip_high)
+            loss = token_mean(pg, mask, num_tokens)
+            loss.backward()
+            with torch.no_grad():
+                sums["pg_loss"] += loss.item()
+                sums["entropy"] += token_mean(entropy, mask, num_tokens).item()
+                sums["clipfrac"] += token_mean(clipped, mask, num_tokens).item()
+                # k3 estimator of KL(old || new), a health signal only
+                log_ratio = logp - old
+                sums["approx_kl"] += token_mean(torch.exp(log_ratio) - 1 - log_ratio, mask, num_tokens).item()
+        grad_norm = self._clip_and_step()
+        metrics = {f"actor/{k}": v for k, v in sums.items()}
+        metrics["actor/grad_norm"] = grad_norm
+        metrics["actor/num_tokens"] = float(num_tokens)
+        metrics["actor/update_seconds"] = time.time() - t0
+        return metrics
+
+    def _clip_and_step(self) -> float:
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        norm = float(norm)
+        if not torch.isfinite(torch.tensor(norm)):
+            # A non-finite gradient would poison the weights; skip the step and say so.
+            self.optimizer.zero_grad(set_to_none=True)
+            return norm
+        self.optimizer.step()
+        return norm
+
+    # --- weights out -------------------------------------------------------------------------
+    def full_parameters(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Unsharded parameters by Hugging Face name (tied weights once), on CPU.
+
+        Every rank must call this (gathering is a collective); all ranks get the full tensors.
+        """
+        out = {}
+        for name, param in self.model.named_parameters():
+            full = param.full_tensor() if hasattr(param, "full_tensor") else param
+            full = full.detach()
+            out[name] = (full.to(dtype) if dtype is not None else full).cpu()
+        return out
+
+    def export_weights(self, dtype: str) -> bytes:
+        """The policy serialised for ``RolloutWorker.update_weights`` (rank 0's copy)."""
+        from or1.workers.rollout import serialize_weights
+
+        return serialize_weights(self.full_parameters(torch_dtype(dtype)))
+
+    def save_hf(self, out_dir: str, tokenizer_path: str | None = None) -> str:
+        """Write the policy as a Hugging Face model directory (loadable by transformers and vLLM)."""
+        from transformers import AutoTokenizer
+
+        params = self.full_parameters()
+        if self.rank == 0:
+            tmp = out_dir + ".tmp"
+            os.makedirs(tmp, exist_ok=True)
+            self.model.save_pretrained(tmp, state_dict=params)
+            if tokenizer_path:
+                AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
+            if os.path.exists(out_dir):
+                import shutil
+
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        return out_dir

