@@ -26,11 +26,14 @@ class TinyBootstrapConfig:
     hidden_size: int = 256  # multiple of 64 (head_dim is fixed at 64 for vLLM's CPU attention)
     num_layers: int = 2
     seed: int = 0
-    warmup_steps: int = 500  # supervised steps on arithmetic: a weak start that RL can improve
+    warmup_steps: int = 900  # supervised steps on arithmetic: a weak start that RL can improve
     warmup_lr: float = 1e-3
-    n_train: int = 4000  # arithmetic problems written to data/train.jsonl
+    # fraction of warm-up targets replaced by near misses, so the start policy samples a spread of
+    # answers around the right one (as SFT models do) and RL has something to sharpen
+    label_noise: float = 0.3
+    n_train: int = 2000  # arithmetic problems written to data/train.jsonl
     n_val: int = 200  # held-out problems written to data/val.jsonl (never in train)
-    max_operand: int = 99
+    max_operand: int = 49  # operands are 0..max_operand
 
 
 @dataclass
@@ -64,6 +67,7 @@ class RolloutConfig:
     enforce_eager: bool = False  # True skips graph capture / compilation (faster start, used on CPU)
     enable_prefix_caching: bool = True  # the cache is reset after every weight push
     num_cpus: float = 1  # Ray CPUs reserved for the rollout actor
+    vllm_log_level: str = "WARNING"  # VLLM_LOGGING_LEVEL inside the actor unless already set
     val_n: int = 1  # samples per validation prompt
     val_temperature: float = 0.0  # 0: greedy validation
 

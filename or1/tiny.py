@@ -6,7 +6,8 @@ models made here. ``--warmup-steps N`` adds a short supervised warm-up on the sy
 task so that RL starts from a real but weak policy, as OR1 starts from an SFT model.
 
 Design constraints (see docs/notes.md): vLLM's CPU attention needs head_dim >= 32, so head_dim is
-fixed at 64 and the number of heads follows from the hidden size.
+fixed at 64 and the number of heads follows from the hidden size. The tokenizer is byte-level
+(259 tokens: 256 bytes + pad, eos, unk), so one ASCII character is one token.
 """
 
 from __future__ import annotations
@@ -40,17 +41,36 @@ class TinySpec:
     seed: int = 0
 
 
+def byte_alphabet() -> list[str]:
+    """GPT-2's printable stand-in for each of the 256 bytes, in byte order (byte-level BPE's alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
 def build_tokenizer():
-    """A fast tokenizer with one token per ASCII character plus three specials."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A fast tokenizer with one token per byte (so per ASCII character) plus three specials.
+
+    It is byte-level BPE with no merges: transformers 5 loads a Qwen2 checkpoint's tokenizer as
+    ``Qwen2Tokenizer``, which rebuilds a byte-level BPE pipeline from the saved vocab and merges;
+    any other pre-tokenizer would be silently replaced (spaces were dropped). With this design the
+    saved ``tokenizer.json`` and that rebuilt pipeline tokenize identically.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for code in range(128):
-        vocab[chr(code)] = len(vocab)
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()  # characters join back without separators
+    for ch in byte_alphabet():
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK,
         model_max_length=1 << 20, clean_up_tokenization_spaces=False,
@@ -88,9 +108,24 @@ def build_model(spec: TinySpec, tokenizer):
     return Qwen2ForCausalLM(config)
 
 
+NEAR_MISS_OFFSETS = (-10, -2, -1, 1, 2, 10)
+
+
+def noisy_answer(answer: str, rng: random.Random, label_noise: float) -> str:
+    """The answer, or with probability ``label_noise`` a near miss (off by 1, 2 or 10)."""
+    if label_noise > 0 and rng.random() < label_noise:
+        return str(int(answer) + rng.choice(NEAR_MISS_OFFSETS))
+    return answer
+
+
 def supervised_warmup(model, tokenizer, rows: list[dict], steps: int, batch_size: int = 64,
-                      lr: float = 3e-3, seed: int = 0, log_every: int = 0) -> None:
-    """Teacher-forced training on ``prompt -> answer<eos>``; the loss covers only answer tokens."""
+                      lr: float = 3e-3, seed: int = 0, log_every: int = 0, label_noise: float = 0.0) -> None:
+    """Teacher-forced training on ``prompt -> answer<eos>``; the loss covers only answer tokens.
+
+    ``label_noise`` replaces that fraction of targets (drawn afresh each time) with near misses,
+    so the warmed-up policy samples a spread of answers around the right one, as SFT models do;
+    RL then has to sharpen it, which is what the tiny recipe demonstrates.
+    """
     import torch
 
     rng = random.Random(seed)
@@ -99,13 +134,15 @@ def supervised_warmup(model, tokenizer, rows: list[dict], steps: int, batch_size
     for row in rows:
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True, tokenize=False)
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [eos]
-        encoded.append((p_ids, a_ids))
+        encoded.append((tokenizer(prompt, add_special_tokens=False)["input_ids"], row["answer"]))
+
+    def target(answer: str) -> list[int]:
+        return tokenizer(noisy_answer(answer, rng, label_noise), add_special_tokens=False)["input_ids"] + [eos]
+
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for step in range(steps):
-        batch = [encoded[rng.randrange(len(encoded))] for _ in range(batch_size)]
+        batch = [(p, target(a)) for p, a in (encoded[rng.randrange(len(encoded))] for _ in range(batch_size))]
         length = max(len(p) + len(a) for p, a in batch)
         ids = torch.full((batch_size, length), tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((batch_size, length), -100, dtype=torch.long)
@@ -149,19 +186,19 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 8)
 
 def create_tiny_model(out: str | Path, spec: TinySpec | None = None, warmup_steps: int = 0,
                       warmup_rows: list[dict] | None = None, warmup_lr: float = 3e-3,
-                      log_every: int = 0) -> Path:
+                      log_every: int = 0, label_noise: float = 0.0) -> Path:
     """Write a tiny model directory (weights, config, tokenizer) and return its path."""
     spec = spec or TinySpec()
     out = Path(out)
     tokenizer = build_tokenizer()
     model = build_model(spec, tokenizer)
-    info = {"spec": asdict(spec), "warmup_steps": warmup_steps}
+    info = {"spec": asdict(spec), "warmup_steps": warmup_steps, "label_noise": label_noise}
     if warmup_steps:
         if not warmup_rows:
             raise ValueError("warmup_steps > 0 needs warmup_rows")
         t0 = time.time()
         supervised_warmup(model, tokenizer, warmup_rows, warmup_steps, lr=warmup_lr,
-                          seed=spec.seed, log_every=log_every)
+                          seed=spec.seed, log_every=log_every, label_noise=label_noise)
         info["warmup_seconds"] = round(time.time() - t0, 1)
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)

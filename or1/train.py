@@ -33,7 +33,8 @@ def bootstrap_tiny(cfg) -> None:
         log.info("creating the tiny model at %s (%d warm-up steps)", cfg.model.path, t.warmup_steps)
         create_tiny_model(cfg.model.path, TinySpec(hidden_size=t.hidden_size, num_layers=t.num_layers,
                                                    seed=t.seed),
-                          warmup_steps=t.warmup_steps, warmup_rows=train, warmup_lr=t.warmup_lr)
+                          warmup_steps=t.warmup_steps, warmup_rows=train, warmup_lr=t.warmup_lr,
+                          label_noise=t.label_noise)
 
 
 def run(cfg) -> dict:
@@ -52,19 +53,34 @@ def run(cfg) -> dict:
         trainer.shutdown()
 
 
+# Hydra flags that take a value as the next argument (``--cfg job``).
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-dir", "-cd",
+                     "--info", "-i", "--experimental-rerun"}
+
+
 def _translate_argv(argv: list[str]) -> list[str]:
-    """``recipe=NAME`` -> Hydra's ``--config-name NAME``; the run directory is the output dir."""
-    recipe, rest = DEFAULT_RECIPE, []
-    for arg in argv:
+    """``recipe=NAME`` -> Hydra's ``--config-name NAME``; the run directory is the output dir.
+
+    Flags go before overrides: Hydra's argparse takes its positional overrides in one run.
+    """
+    recipe, flags, rest = DEFAULT_RECIPE, [], []
+    args = iter(argv)
+    for arg in args:
         if arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
+        elif arg in _FLAGS_WITH_VALUE:
+            flags += [arg, next(args, "")]
+        elif arg.startswith("-"):
+            flags.append(arg)
         else:
             rest.append(arg)
     if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise SystemExit(f"unknown recipe {recipe!r}; recipes in {RECIPES_DIR}: {', '.join(known)}")
+    if ("--cfg" in flags or "-c" in flags) and "--resolve" not in flags:
+        flags.append("--resolve")  # print values, not ${...} interpolations
     extra = [] if any(a.startswith("hydra.run.dir=") for a in rest) else ["hydra.run.dir=${trainer.output_dir}"]
-    return ["--config-name", recipe, f"recipe={recipe}", *extra, *rest]
+    return [*flags, "--config-name", recipe, f"recipe={recipe}", *extra, *rest]
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ class RolloutWorker:
     """Wrapped with ``ray.remote`` by the driver; plain class so it stays importable and testable."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", cfg.vllm_log_level)
         if cfg.cpu_kvcache_space_gib is not None:
             # Must be set before vLLM reads its environment; it bounds the CPU KV cache.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)

@@ -6,6 +6,8 @@ vLLM runs the model in its own worker process(es); the rollout actor reaches the
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 
@@ -22,6 +24,9 @@ class WeightSyncExtension:
         """
         from safetensors.torch import load
 
+        # Layers without checkpoint tensors of their own (rotary buffers, a tied LM head) make the
+        # reload warn "Failed to load weights" on every push; they are expected, not failures.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         named_tensors = load(payload)
         self.model_runner.reload_weights(weights_iterator=iter(named_tensors.items()),
                                          is_checkpoint_format=True)

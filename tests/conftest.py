@@ -1,0 +1,31 @@
+import os
+import socket
+
+import pytest
+
+# Ray's and vLLM's start-up noise is not what a failing test should show first.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A random tiny Qwen2 (hidden 128, 2 heads of 64) with the character tokenizer."""
+    from or1.tiny import TinySpec, create_tiny_model
+
+    return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny", TinySpec(hidden_size=128))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
