@@ -48,3 +48,11 @@ def slice_batch(batch: dict[str, torch.Tensor], start: int, end: int) -> dict[st
     part = {k: v[start:end] for k, v in batch.items()}
     width = int(part["attention_mask"].sum(1).max().item()) if end > start else 0
     return {k: (v[:, :width] if v.ndim == 2 else v) for k, v in part.items()}
+
+
+def select_rows(batch: dict[str, torch.Tensor], rows: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The given rows (in that order), trimmed to the longest of them."""
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+    part = {k: v.index_select(0, index) for k, v in batch.items()}
+    width = int(part["attention_mask"].sum(1).max().item()) if len(index) else 0
+    return {k: (v[:, :width] if v.ndim == 2 else v) for k, v in part.items()}

@@ -79,16 +79,69 @@ class ActorConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping
     clip_low: float = 0.2  # PPO ratio clip: ratio >= 1 - clip_low
-    clip_high: float = 0.2  # PPO ratio clip: ratio <= 1 + clip_high
+    clip_high: float = 0.2  # PPO ratio clip: ratio <= 1 + clip_high (> clip_low: DAPO's clip-higher)
+    dual_clip: Optional[float] = None  # c > 1: caps a negative-advantage token's loss at -c*A; None: off
+    ppo_epochs: int = 1  # passes over each rollout batch (OR1: 1; Math-7B: 1 pass in 2 mini-batches)
+    mini_batch_size: int = 0  # prompt groups per optimizer step; 0: the whole batch in one step
     micro_batch_size: int = 8  # sequences per forward/backward; does not change the loss (token-level)
     num_cpus: float = 1  # Ray CPUs reserved for the learner actor
     torch_threads: int = 0  # torch intra-op threads in the learner on CPU; 0: leave torch's default
 
 
 @dataclass
+class EntropyConfig:
+    """Adaptive entropy control: a bonus switched on only while entropy is below ``target``."""
+
+    adaptive: bool = True  # OR1's controller; False: a fixed bonus coefficient ``fixed_coef``
+    target: float = 0.2  # target entropy (nats per token)
+    delta: float = 0.005  # change of the coefficient per step (paper 0.005; released scripts 1e-4)
+    min_coef: float = 0.0
+    max_coef: float = 0.005
+    fixed_coef: float = 0.0  # used when adaptive is False; 0: no entropy bonus
+
+
+@dataclass
+class FilterConfig:
+    """Online filtering of prompt groups and removal of mastered prompts."""
+
+    zero_variance: bool = True  # drop groups whose rewards are all equal (all right / all wrong) from the update
+    refill: bool = False  # generate for more prompts until batch_size informative groups are kept (DAPO)
+    max_refill_rounds: int = 4  # extra generation rounds per step at most; then train on what was kept
+    drop_mastered: bool = False  # prompts whose group accuracy reached mastered_threshold are not sampled in later epochs
+    mastered_threshold: float = 1.0
+
+
+@dataclass
+class SampleBufferConfig:
+    """Selective Sample Buffer (Skywork-R1V2): replay recent informative groups into starved batches."""
+
+    enabled: bool = False
+    capacity: int = 256  # prompt groups kept (most recent first out)
+    min_informative_frac: float = 0.5  # mix buffered groups in when fewer of the batch's groups are informative
+    mix_ratio: float = 0.25  # buffered groups added, as a fraction of trainer.batch_size
+
+
+@dataclass
+class StageConfig:
+    steps: int = 0  # steps spent in this stage (the last stage runs until trainer.total_steps)
+    max_response_length: int = 8192  # response limit (tokens) during the stage
+
+
+@dataclass
 class AlgorithmConfig:
     adv_eps: float = 1e-6  # A = (r - mean) / (std + adv_eps) within each prompt group
     norm_adv_by_std: bool = True  # False: Dr. GRPO-style A = r - mean
+    adv_baseline: str = "mean"  # mean (GRPO/OR1) | leave_one_out (RLOO: mean of the other responses)
+    truncation_mask: str = "off"  # responses cut at the length limit: off (OR1) | before | after (see docs/algorithm.md)
+    loss_agg_mode: str = "token_mean"  # token_mean (OR1) | seq_mean_token_mean | seq_mean_token_sum
+    use_kl_loss: bool = False  # OR1: no KL; when False no reference model is loaded at all
+    kl_coef: float = 0.001
+    kl_estimator: str = "k3"  # k1 | k2 | k3 (low variance)
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    sample_buffer: SampleBufferConfig = field(default_factory=SampleBufferConfig)
+    # multi-stage context growth inside one run (e.g. 8K -> 16K -> 32K); empty: rollout.max_response_length throughout
+    stages: list[StageConfig] = field(default_factory=list)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass
@@ -16,8 +17,13 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from or1.algo.advantages import group_advantages
-from or1.batch import build_batch
+from or1.algo.advantages import BASELINES, TRUNCATION_MASKS, apply_truncation_mask
+from or1.algo.entropy import AdaptiveEntropyController
+from or1.algo.filters import informative_groups, mastered_groups
+from or1.algo.losses import KL_ESTIMATORS, LOSS_AGG_MODES
+from or1.algo.sample_buffer import BufferedGroup, SelectiveSampleBuffer
+from or1.algo.stages import stage_at
+from or1.batch import build_batch, select_rows
 from or1.config import OR1Config
 from or1.data.dataset import EpochSampler, PromptDataset
 from or1.metrics import MetricsLogger
@@ -33,10 +39,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-TRAIN_STREAM, VAL_STREAM = 0, 1
+VAL_STREAM = 1 << 16  # training rounds use streams 0, 1, 2, ... (refill rounds), validation this one
 
 
-def sampling_seeds(seed: int, step: int, count: int, stream: int = TRAIN_STREAM) -> list[int]:
+def sampling_seeds(seed: int, step: int, count: int, stream: int = 0) -> list[int]:
     """Per-prompt vLLM seeds, a pure function of (run seed, step, stream): replays are reproducible."""
     rng = np.random.default_rng([seed, stream, step])
     return [int(x) for x in rng.integers(0, 2**31 - 1, size=count)]
@@ -49,6 +55,33 @@ class Scored:
     extras: dict[str, float]  # means of the reward function's extra metrics
 
 
+@dataclass
+class Group:
+    """The n responses to one prompt, with what the step learned about them."""
+
+    prompt_index: int  # -1 for groups replayed from the sample buffer
+    prompt_ids: list[int]
+    responses: list[list[int]]
+    rollout_log_probs: list[list[float]] | None  # None for replayed groups
+    rewards: torch.Tensor  # [n]
+    correct: torch.Tensor  # [n]
+    truncated: torch.Tensor  # [n] bool
+    advantages: torch.Tensor | None = None  # [n]
+
+
+def make_groups(data: PromptDataset, indices: list[int], samples: list[Sample], scored: Scored,
+                n: int) -> list[Group]:
+    groups = []
+    for g, index in enumerate(indices):
+        members = samples[g * n:(g + 1) * n]
+        assert all(s.prompt_index == g for s in members), "vLLM returned a group out of order"
+        groups.append(Group(index, data.prompt_ids[index], [s.token_ids for s in members],
+                            [s.logprobs for s in members], scored.rewards[g * n:(g + 1) * n],
+                            scored.correct[g * n:(g + 1) * n],
+                            torch.tensor([s.truncated for s in members], dtype=torch.bool)))
+    return groups
+
+
 class Trainer:
     def __init__(self, cfg: OR1Config):
         import ray
@@ -58,10 +91,12 @@ class Trainer:
         from or1.workers.rollout import RolloutWorker
 
         self.cfg = cfg
+        algo = cfg.algorithm
         self.output_dir = cfg.trainer.output_dir
         os.makedirs(self.output_dir, exist_ok=True)
-        # Resolve the reward function before anything expensive starts: a bad spec fails in seconds.
+        # Everything that can be checked cheaply is checked before any actor starts.
         self.reward_fn = load_reward_fn(cfg.reward.fn)
+        validate_algorithm_config(cfg)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path,
                                                        trust_remote_code=cfg.model.trust_remote_code)
         d = cfg.data
@@ -71,10 +106,9 @@ class Trainer:
                                                   d.max_prompt_length, d.apply_chat_template)
                          if d.val_files else None)
         self.sampler = EpochSampler(len(self.train_data), seed=cfg.trainer.seed, shuffle=d.shuffle)
-        needed = d.max_prompt_length + cfg.rollout.max_response_length
-        if cfg.rollout.max_model_len < needed:
-            raise ValueError(f"rollout.max_model_len={cfg.rollout.max_model_len} cannot hold "
-                             f"data.max_prompt_length + rollout.max_response_length = {needed}")
+        self.entropy_ctl = AdaptiveEntropyController(
+            algo.entropy.target, algo.entropy.delta, algo.entropy.min_coef, algo.entropy.max_coef)
+        self.buffer = SelectiveSampleBuffer(algo.sample_buffer.capacity) if algo.sample_buffer.enabled else None
 
         if not ray.is_initialized():
             ray.init(address=cfg.trainer.ray_address, num_cpus=cfg.trainer.ray_num_cpus,
@@ -83,7 +117,7 @@ class Trainer:
         self.rollout = ray.remote(num_cpus=cfg.rollout.num_cpus)(RolloutWorker).remote(
             cfg.model.path, cfg.rollout, cfg.trainer.seed)
         self.learner = ray.remote(num_cpus=cfg.actor.num_cpus)(Learner).remote(
-            cfg.model, cfg.actor, 0, 1, "127.0.0.1", free_port(), cfg.trainer.seed)
+            cfg.model, cfg.actor, 0, 1, "127.0.0.1", free_port(), cfg.trainer.seed, cfg.algorithm)
         ray.get(self.rollout.ready.remote())
         ray.get(self.learner.__ray_ready__.remote())
         log.info("actors ready in %.1fs (rollout: vLLM, learner: FSDP2)", time.time() - t0)
@@ -93,13 +127,21 @@ class Trainer:
         self.step = 0
 
     # --- phases ----------------------------------------------------------------------------
+    def max_response_length(self) -> tuple[int, int]:
+        """(stage index, response limit) for the current step."""
+        stages = self.cfg.algorithm.stages
+        if not stages:
+            return 0, self.cfg.rollout.max_response_length
+        i = stage_at(self.step, [st.steps for st in stages])
+        return i, stages[i].max_response_length
+
     def generate(self, data: PromptDataset, indices: list[int], n: int, temperature: float,
-                 seeds: list[int] | None) -> list[Sample]:
+                 seeds: list[int] | None, max_tokens: int) -> list[Sample]:
         import ray
 
         prompts = [data.prompt_ids[i] for i in indices]
         return ray.get(self.rollout.generate.remote(prompts, n, temperature, self.cfg.rollout.top_p,
-                                                    self.cfg.rollout.max_response_length, seeds))
+                                                    max_tokens, seeds))
 
     def score(self, data: PromptDataset, indices: list[int], samples: list[Sample]) -> Scored:
         texts = self.tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
@@ -127,66 +169,185 @@ class Trainer:
         indices = list(range(len(self.val_data)))
         r = self.cfg.rollout
         seeds = sampling_seeds(self.cfg.trainer.seed, 0, len(indices), VAL_STREAM)  # same every validation
-        samples = self.generate(self.val_data, indices, r.val_n, r.val_temperature, seeds)
+        samples = self.generate(self.val_data, indices, r.val_n, r.val_temperature, seeds,
+                                self.max_response_length()[1])
         scored = self.score(self.val_data, indices, samples)
         return {"val/acc": scored.correct.mean().item(), "val/reward": scored.rewards.mean().item(),
                 "val/response_length": float(np.mean([len(s.token_ids) for s in samples])),
                 "time/validate": time.time() - t0}
 
+    def collect_groups(self, max_tokens: int) -> tuple[list[Group], list[Group], dict[str, float]]:
+        """Generate and score groups; returns (groups to train on, every group generated, stats).
+
+        With ``filter.zero_variance`` groups whose rewards are all equal are dropped; with
+        ``filter.refill`` more prompts are generated (at most ``max_refill_rounds`` extra
+        rounds) until ``batch_size`` informative groups are kept.
+        """
+        cfg, f = self.cfg, self.cfg.algorithm.filter
+        n, target = cfg.rollout.n, cfg.trainer.batch_size
+        rounds = 1 + (f.max_refill_rounds if f.refill and f.zero_variance else 0)
+        kept: list[Group] = []
+        generated: list[Group] = []
+        stats = {"filter/refill_rounds": 0.0, "filter/mastered_new": 0.0}
+        for round_ in range(rounds):
+            need = target - len(kept)
+            if need <= 0:
+                break
+            if round_ > 0:
+                stats["filter/refill_rounds"] += 1
+            indices = self.sampler.next_batch(need)
+            samples = self.generate(self.train_data, indices, n, cfg.rollout.temperature,
+                                    sampling_seeds(cfg.trainer.seed, self.step, len(indices), round_), max_tokens)
+            groups = make_groups(self.train_data, indices, samples,
+                                 self.score(self.train_data, indices, samples), n)
+            generated += groups
+            rewards = torch.stack([g.rewards for g in groups])
+            informative = informative_groups(rewards)
+            if f.drop_mastered:
+                done = mastered_groups(torch.stack([g.correct for g in groups]), f.mastered_threshold)
+                stats["filter/mastered_new"] += self.sampler.mark_mastered(
+                    [g.prompt_index for g, m in zip(groups, done.tolist()) if m])
+            kept += [g for g, keep in zip(groups, informative.tolist()) if keep or not f.zero_variance]
+        kept = kept[:target]
+        informative_all = informative_groups(torch.stack([g.rewards for g in generated]))
+        stats.update({
+            "filter/groups_generated": float(len(generated)),
+            "filter/groups_kept": float(len(kept)),
+            "filter/groups_dropped": float(len(generated) - len(kept)) if f.zero_variance else 0.0,
+            "filter/informative_frac": informative_all.float().mean().item(),
+            "filter/mastered_total": float(len(self.sampler.mastered)),
+        })
+        return kept, generated, stats
+
+    def assign_advantages(self, groups: list[Group]) -> None:
+        if not groups:
+            return
+        a = self.cfg.algorithm
+        adv = apply_truncation_mask(torch.stack([g.rewards for g in groups]), torch.stack([g.truncated for g in groups]),
+                                    a.truncation_mask, a.adv_eps, a.norm_adv_by_std, a.adv_baseline)
+        for g, row in zip(groups, adv):
+            g.advantages = row
+
+    def mix_in_buffer(self, groups: list[Group], informative_frac: float) -> tuple[list[Group], int]:
+        """Selective Sample Buffer: replay stored groups into a starved batch, then store this one."""
+        sb = self.cfg.algorithm.sample_buffer
+        replayed: list[Group] = []
+        if self.buffer is not None:
+            if informative_frac < sb.min_informative_frac and len(self.buffer):
+                k = max(1, round(sb.mix_ratio * self.cfg.trainer.batch_size))
+                rng = random.Random(f"{self.cfg.trainer.seed}-{self.step}-ssb")  # str seeds are stable across processes
+                for b in self.buffer.sample(k, rng):
+                    n = len(b.responses)
+                    replayed.append(Group(-1, b.prompt_ids, b.responses, None, torch.zeros(n), torch.zeros(n),
+                                          torch.zeros(n, dtype=torch.bool), torch.tensor(b.advantages)))
+            for g in groups:
+                self.buffer.add(BufferedGroup(g.prompt_ids, g.responses, g.advantages.tolist()))
+        return groups + replayed, len(replayed)
+
     def train_step(self) -> dict[str, float]:
         import ray
 
-        cfg, n = self.cfg, self.cfg.rollout.n
+        cfg, algo = self.cfg, self.cfg.algorithm
         timings: dict[str, float] = {}
         t_step = time.time()
+        stage, max_tokens = self.max_response_length()
 
         t = time.time()
-        indices = self.sampler.next_batch(cfg.trainer.batch_size)
-        samples = self.generate(self.train_data, indices, n, cfg.rollout.temperature,
-                                sampling_seeds(cfg.trainer.seed, self.step, len(indices)))
-        timings["time/generate"] = time.time() - t
+        kept, generated, filter_stats = self.collect_groups(max_tokens)
+        timings["time/generate"] = time.time() - t  # generation and scoring, refill rounds included
+        self.assign_advantages(generated)
+        train_groups, n_replayed = self.mix_in_buffer(kept, filter_stats["filter/informative_frac"])
 
-        t = time.time()
-        scored = self.score(self.train_data, indices, samples)
-        timings["time/reward"] = time.time() - t
+        all_rewards = torch.cat([g.rewards for g in generated])
+        lengths = torch.tensor([len(r) for g in generated for r in g.responses], dtype=torch.float32)
+        truncated = torch.cat([g.truncated for g in generated]).float()
+        metrics = {
+            "reward/mean": all_rewards.mean().item(),
+            "acc/mean": torch.cat([g.correct for g in generated]).mean().item(),
+            "response_length/mean": lengths.mean().item(),
+            "response_length/max": lengths.max().item(),
+            "response/truncated_frac": truncated.mean().item(),
+            "stage": float(stage),
+            "stage/max_response_length": float(max_tokens),
+            "buffer/replayed_groups": float(n_replayed),
+            "buffer/size": float(len(self.buffer)) if self.buffer is not None else 0.0,
+            "data/epoch": float(self.sampler.epoch),
+            **filter_stats,
+        }
+        if not train_groups:
+            log.warning("step %d: every group was filtered out (all rewards equal); update skipped",
+                        self.step + 1)
+            metrics.update({"actor/skipped_update": 1.0, "time/step": time.time() - t_step, **timings})
+            return metrics
 
-        advantages = group_advantages(scored.rewards.view(len(indices), n), cfg.algorithm.adv_eps,
-                                      cfg.algorithm.norm_adv_by_std).flatten()
-        batch = build_batch([self.train_data.prompt_ids[indices[s.prompt_index]] for s in samples],
-                            [s.token_ids for s in samples], self.tokenizer.pad_token_id, advantages,
-                            [s.logprobs for s in samples])
+        rows = [(g, i) for g in train_groups for i in range(len(g.responses))]
+        batch = build_batch([g.prompt_ids for g, _ in rows], [g.responses[i] for g, i in rows],
+                            self.tokenizer.pad_token_id, torch.stack([g.advantages[i] for g, i in rows]),
+                            [g.rollout_log_probs[i] if g.rollout_log_probs else [0.0] * len(g.responses[i])
+                             for g, i in rows])
+        fresh = torch.tensor([g.rollout_log_probs is not None for g, _ in rows]).unsqueeze(1)
 
         t = time.time()
         batch["old_log_probs"] = ray.get(self.learner.compute_log_probs.remote(batch))
+        if algo.use_kl_loss:
+            batch["ref_log_probs"] = ray.get(self.learner.compute_log_probs.remote(batch, reference=True))
         timings["time/old_log_prob"] = time.time() - t
 
+        mask = batch["response_mask"]
+        fresh_mask = mask * fresh
+        # e_k: entropy estimated from the sampled tokens' log-probs (OR1's measure), before the update
+        rollout_entropy = -(batch["old_log_probs"] * fresh_mask).sum().item() / max(fresh_mask.sum().item(), 1.0)
+        if algo.entropy.adaptive:
+            entropy_coef = self.entropy_ctl.bonus_coef(rollout_entropy)
+        else:
+            entropy_coef = algo.entropy.fixed_coef
+
         t = time.time()
-        actor_metrics = ray.get(self.learner.update.remote(batch))
+        actor_metrics = self.run_updates(batch, len(train_groups), entropy_coef)
         timings["time/update"] = time.time() - t
+        if algo.entropy.adaptive:
+            self.entropy_ctl.update(rollout_entropy)
 
         t = time.time()
         synced_bytes = self.sync_weights()
         timings["time/sync"] = time.time() - t
 
-        mask = batch["response_mask"]
-        lengths = torch.tensor([len(s.token_ids) for s in samples], dtype=torch.float32)
-        metrics = {
-            "reward/mean": scored.rewards.mean().item(),
-            "acc/mean": scored.correct.mean().item(),
-            "response_length/mean": lengths.mean().item(),
-            "response_length/max": lengths.max().item(),
-            "response/truncated_frac": float(np.mean([s.truncated for s in samples])),
-            "adv/abs_mean": advantages.abs().mean().item(),
+        metrics.update({
+            "adv/abs_mean": (batch["advantages"].abs()).mean().item(),
             # vLLM's log-probs vs the learner's for the same tokens: ~0 when weights are in sync
             "rollout/logprob_abs_diff": ((batch["old_log_probs"] - batch["rollout_log_probs"]).abs()
-                                         * mask).sum().item() / max(mask.sum().item(), 1.0),
+                                         * fresh_mask).sum().item() / max(fresh_mask.sum().item(), 1.0),
+            "rollout/entropy_estimate": rollout_entropy,
+            "actor/entropy_coef": entropy_coef,
+            "entropy/controller_coef": self.entropy_ctl.coef if algo.entropy.adaptive else entropy_coef,
             "sync/bytes": float(synced_bytes),
-            "data/epoch": float(self.sampler.epoch),
-            **{f"reward/{k}": v for k, v in scored.extras.items()},
             **actor_metrics, **timings,
-        }
+        })
         metrics["time/step"] = time.time() - t_step
         return metrics
+
+    def run_updates(self, batch: dict[str, torch.Tensor], num_groups: int, entropy_coef: float) -> dict[str, float]:
+        """``ppo_epochs`` passes over the batch in mini-batches of ``mini_batch_size`` groups.
+
+        Groups stay whole inside a mini-batch. With one epoch and one mini-batch (OR1's default)
+        the batch is used as is; otherwise the group order is reshuffled every epoch (seeded).
+        """
+        import ray
+
+        actor = self.cfg.actor
+        rows_per_group = batch["input_ids"].shape[0] // num_groups
+        mb = actor.mini_batch_size or num_groups
+        rng = np.random.default_rng([self.cfg.trainer.seed, self.step, 0x9E])
+        results = []
+        for _ in range(actor.ppo_epochs):
+            order = np.arange(num_groups) if (actor.ppo_epochs == 1 and mb >= num_groups) \
+                else rng.permutation(num_groups)
+            for start in range(0, num_groups, mb):
+                rows = [int(g) * rows_per_group + i for g in order[start:start + mb] for i in range(rows_per_group)]
+                results.append(ray.get(self.learner.update.remote(select_rows(batch, rows), entropy_coef)))
+        merged = {k: float(np.mean([r[k] for r in results if k in r])) for k in results[0]}
+        merged["actor/num_updates"] = float(len(results))
+        return merged
 
     # --- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -219,3 +380,27 @@ class Trainer:
         for actor in (getattr(self, "rollout", None), getattr(self, "learner", None)):
             if actor is not None:
                 ray.kill(actor)
+
+
+def validate_algorithm_config(cfg: OR1Config) -> None:
+    """Reject inconsistent settings at start-up with a message naming the field."""
+    a, r = cfg.algorithm, cfg.rollout
+    if a.adv_baseline not in BASELINES:
+        raise ValueError(f"algorithm.adv_baseline must be one of {BASELINES}, got {a.adv_baseline!r}")
+    if a.truncation_mask not in TRUNCATION_MASKS:
+        raise ValueError(f"algorithm.truncation_mask must be one of {TRUNCATION_MASKS}, got {a.truncation_mask!r}")
+    if a.loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"algorithm.loss_agg_mode must be one of {LOSS_AGG_MODES}, got {a.loss_agg_mode!r}")
+    if a.kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"algorithm.kl_estimator must be one of {KL_ESTIMATORS}, got {a.kl_estimator!r}")
+    if cfg.actor.dual_clip is not None and cfg.actor.dual_clip <= 1:
+        raise ValueError(f"actor.dual_clip must be > 1 (or null), got {cfg.actor.dual_clip}")
+    if cfg.actor.ppo_epochs < 1 or cfg.actor.mini_batch_size < 0:
+        raise ValueError("actor.ppo_epochs must be >= 1 and actor.mini_batch_size >= 0")
+    if r.n < 2:
+        log.warning("rollout.n=%d: groups of one response have zero advantage; nothing will be learned", r.n)
+    longest = max([st.max_response_length for st in a.stages], default=r.max_response_length)
+    needed = cfg.data.max_prompt_length + longest
+    if r.max_model_len < needed:
+        raise ValueError(f"rollout.max_model_len={r.max_model_len} cannot hold data.max_prompt_length + "
+                         f"the longest response limit = {needed}")

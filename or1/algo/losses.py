@@ -29,23 +29,82 @@ def token_log_probs_and_entropy(logits: torch.Tensor, input_ids: torch.Tensor,
 
 
 def ppo_clip_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                  clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  clip_low: float, clip_high: float, dual_clip: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token clipped surrogate loss and a 0/1 tensor marking where clipping was active.
 
         rho = exp(logp - logp_old)
         loss = max(-A * rho, -A * clip(rho, 1 - clip_low, 1 + clip_high))
+        dual clip (c > 1, only where A < 0):  loss = min(loss, -c * A)
 
+    Asymmetric ``clip_low`` / ``clip_high`` is DAPO's clip-higher. The dual clip (Ye et al. 2020)
+    bounds the loss of a negative-advantage token whose ratio exploded.
     ``advantages`` broadcasts against ``log_probs`` (pass ``[B, 1]`` for per-sequence values).
     """
     ratio = torch.exp(log_probs - old_log_probs)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped)
-    return loss, (clipped > unclipped).float()
+    was_clipped = clipped > unclipped
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        cap = -dual_clip * advantages
+        dual = (advantages < 0) & (loss > cap)
+        loss = torch.where(dual, cap, loss)
+        was_clipped = was_clipped | dual
+    return loss, was_clipped.float()
+
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from the sampled tokens' log-probs.
+
+        k1 = logp - logp_ref
+        k2 = (logp - logp_ref)^2 / 2
+        k3 = exp(logp_ref - logp) - (logp_ref - logp) - 1      (unbiased, low variance, >= 0)
+    """
+    diff = log_probs - ref_log_probs
+    if estimator == "k1":
+        return diff
+    if estimator == "k2":
+        return 0.5 * diff.square()
+    if estimator == "k3":
+        return torch.exp(-diff) + diff - 1.0
+    raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
 
 
 def masked_token_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum()
+
+
+LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+
+
+def aggregate_loss(values: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: float | torch.Tensor,
+                   num_seqs: float | torch.Tensor) -> torch.Tensor:
+    """Reduce per-token values to the loss of one micro-batch, normalised for the *whole* batch.
+
+    ``num_tokens`` / ``num_seqs`` count loss tokens / sequences over the whole optimizer batch
+    (every micro-batch and rank), so the sum of the micro-batch results is the batch's value:
+
+    - ``token_mean`` (OR1): sum_i sum_t v_it / num_tokens — every token weighs the same.
+    - ``seq_mean_token_mean`` (original GRPO): sum_i [sum_t v_it / |y_i|] / num_seqs.
+    - ``seq_mean_token_sum`` (Dr. GRPO-like): sum_i sum_t v_it / num_seqs.
+
+    Sequences without loss tokens contribute 0; an empty batch gives 0, never NaN.
+    """
+    if mode == "token_mean":
+        return token_mean(values, mask, num_tokens)
+    num_seqs = torch.clamp(torch.as_tensor(num_seqs, dtype=values.dtype), min=1.0)
+    per_seq = (values * mask).sum(-1)
+    if mode == "seq_mean_token_mean":
+        per_seq = per_seq / mask.sum(-1).clamp(min=1.0)
+    elif mode != "seq_mean_token_sum":
+        raise ValueError(f"loss aggregation must be one of {LOSS_AGG_MODES}, got {mode!r}")
+    return per_seq.sum() / num_seqs
 
 
 def token_mean(values: torch.Tensor, mask: torch.Tensor, num_tokens: float | torch.Tensor) -> torch.Tensor:

@@ -72,8 +72,10 @@ class PromptDataset:
 class EpochSampler:
     """Walks a fresh seeded permutation of the dataset every epoch; batches span epoch ends.
 
-    Its whole state is ``(epoch, position)``: the order of epoch e is a pure function of
-    ``(seed, e)``, so a resumed run replays exactly the same prompts.
+    Prompts marked mastered (``mark_mastered``) leave the pool from the *next* epoch on (OR1 drops
+    prompts the policy solves every time). The order of epoch e is a pure function of
+    ``(seed, e, pool)``, and the state holds the pool's exclusions, so a resumed run replays
+    exactly the same prompts.
     """
 
     size: int
@@ -81,29 +83,45 @@ class EpochSampler:
     shuffle: bool = True
     epoch: int = 0
     position: int = 0
+    mastered: set[int] = field(default_factory=set)
+    _epoch_excluded: frozenset[int] | None = field(default=None, repr=False)
     _order: np.ndarray | None = field(default=None, repr=False)
 
     def _epoch_order(self) -> np.ndarray:
         if self._order is None:
-            if self.shuffle:
-                self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-            else:
-                self._order = np.arange(self.size)
+            if self._epoch_excluded is None:
+                self._epoch_excluded = frozenset(self.mastered)
+            pool = np.array([i for i in range(self.size) if i not in self._epoch_excluded], dtype=np.int64)
+            if len(pool) == 0:
+                raise RuntimeError(f"all {self.size} prompts are mastered; nothing is left to train on")
+            self._order = (np.random.default_rng([self.seed, self.epoch]).permutation(pool)
+                           if self.shuffle else pool)
         return self._order
 
     def next_batch(self, batch_size: int) -> list[int]:
         out: list[int] = []
         while len(out) < batch_size:
             order = self._epoch_order()
-            take = min(batch_size - len(out), self.size - self.position)
+            take = min(batch_size - len(out), len(order) - self.position)
             out.extend(int(i) for i in order[self.position: self.position + take])
             self.position += take
-            if self.position == self.size:
-                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+            if self.position == len(order):
+                self.epoch, self.position, self._order, self._epoch_excluded = self.epoch + 1, 0, None, None
         return out
 
+    def mark_mastered(self, indices) -> int:
+        """Exclude these prompts from later epochs; returns how many were new."""
+        before = len(self.mastered)
+        self.mastered.update(int(i) for i in indices)
+        return len(self.mastered) - before
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        excluded = self._epoch_excluded if self._epoch_excluded is not None else frozenset(self.mastered)
+        return {"epoch": self.epoch, "position": self.position, "mastered": sorted(self.mastered),
+                "epoch_excluded": sorted(excluded) if self.position else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position, self._order = state["epoch"], state["position"], None
+        self.mastered = set(state.get("mastered", []))
+        excluded = state.get("epoch_excluded")
+        self._epoch_excluded = frozenset(excluded) if excluded is not None else None

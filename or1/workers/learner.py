@@ -13,9 +13,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from or1.algo.losses import ppo_clip_loss, token_log_probs_and_entropy, token_mean
+from or1.algo.losses import aggregate_loss, kl_penalty, ppo_clip_loss, token_log_probs_and_entropy
 from or1.batch import slice_batch
-from or1.config import ActorConfig, ModelConfig
+from or1.config import ActorConfig, AlgorithmConfig, ModelConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,12 +31,14 @@ class Learner:
     """Wrapped with ``ray.remote`` by the driver; a plain class so tests can also run it in-process."""
 
     def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, rank: int = 0, world_size: int = 1,
-                 master_addr: str = "127.0.0.1", master_port: int = 29500, seed: int = 0):
+                 master_addr: str = "127.0.0.1", master_port: int = 29500, seed: int = 0,
+                 algo_cfg: AlgorithmConfig | None = None):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
         from transformers import AutoModelForCausalLM
 
         self.cfg = actor_cfg
+        self.algo = algo_cfg or AlgorithmConfig()
         self.rank, self.world_size = rank, world_size
         if actor_cfg.torch_threads > 0:
             torch.set_num_threads(actor_cfg.torch_threads)
@@ -47,53 +49,81 @@ class Learner:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
                                     init_method=f"tcp://{master_addr}:{master_port}",
                                     rank=rank, world_size=world_size)
-        model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=torch_dtype(model_cfg.dtype),
-                                                     trust_remote_code=model_cfg.trust_remote_code)
-        model.to(self.device)
         mesh = init_device_mesh(self.device.type, (world_size,))
-        # Shard each decoder layer, then the root (embeddings, final norm, head): the usual FSDP2 unit.
-        for layer in model.model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        self.model = model
+
+        def load_sharded():
+            model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=torch_dtype(model_cfg.dtype),
+                                                         trust_remote_code=model_cfg.trust_remote_code)
+            model.to(self.device)
+            # Shard each decoder layer, then the root (embeddings, final norm, head): the usual FSDP2 unit.
+            for layer in model.model.layers:
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            return model
+
+        self.model = model = load_sharded()
+        # The frozen reference policy exists only when the KL loss is on (OR1 runs without it).
+        self.ref_model = None
+        if self.algo.use_kl_loss:
+            self.ref_model = load_sharded().eval()
+            self.ref_model.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=actor_cfg.lr, betas=tuple(actor_cfg.betas),
                                            weight_decay=actor_cfg.weight_decay)
 
+    def has_reference_model(self) -> bool:
+        return self.ref_model is not None
+
     # --- forward passes --------------------------------------------------------------------
-    def _forward(self, mb: dict[str, torch.Tensor], with_entropy: bool):
-        logits = self.model(input_ids=mb["input_ids"].to(self.device),
+    def _forward(self, mb: dict[str, torch.Tensor], with_entropy: bool, model=None):
+        logits = (model or self.model)(input_ids=mb["input_ids"].to(self.device),
                             attention_mask=mb["attention_mask"].to(self.device), use_cache=False).logits
         return token_log_probs_and_entropy(logits, mb["input_ids"].to(self.device), with_entropy)
 
     @torch.no_grad()
-    def compute_log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Current policy's log-prob of every token (``[B, L]``, aligned with ``input_ids``)."""
-        self.model.eval()
+    def compute_log_probs(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
+        """Log-prob of every token (``[B, L]``, aligned with ``input_ids``) under the current
+        policy, or under the frozen reference policy with ``reference=True``."""
+        if reference and self.ref_model is None:
+            raise RuntimeError("no reference model: set algorithm.use_kl_loss=true to load one")
+        model = self.ref_model if reference else self.model
+        model.eval()
         out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
         mbs = self.cfg.micro_batch_size
         for start in range(0, out.shape[0], mbs):
             mb = slice_batch(batch, start, start + mbs)
-            logp, _ = self._forward(mb, with_entropy=False)
+            logp, _ = self._forward(mb, with_entropy=False, model=model)
             out[start:start + mbs, : logp.shape[1]] = logp.float().cpu()
         return out
 
     # --- the policy update -----------------------------------------------------------------
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimizer step on ``batch`` (needs ``old_log_probs`` and ``advantages``).
+    def update(self, batch: dict[str, torch.Tensor], entropy_coef: float = 0.0) -> dict[str, float]:
+        """One optimizer step on ``batch`` (needs ``old_log_probs`` and ``advantages``; with the
+        KL loss on, ``ref_log_probs`` too).
 
-        The loss is the token mean over every response token of the batch: each micro-batch
-        contributes sum(token losses) / T with T counted over the whole batch (and all ranks),
-        so gradient accumulation reproduces the single-batch gradient exactly.
+            loss = agg(clipped PG) - entropy_coef * agg(entropy) + kl_coef * agg(KL)
+
+        ``agg`` (``algorithm.loss_agg_mode``) normalises by token / sequence counts of the whole
+        batch (all micro-batches, all ranks), so gradient accumulation reproduces the
+        single-batch gradient exactly (OR1's token_mean: every response token weighs the same).
         """
         t0 = time.time()
         self.model.train()
         mask_all = batch["response_mask"]
-        num_tokens = mask_all.sum()
+        counts = torch.stack([mask_all.sum(), torch.tensor(float(mask_all.shape[0]))])
         if self.world_size > 1:
-            num_tokens = num_tokens.to(self.device)
-            dist.all_reduce(num_tokens)
-            num_tokens = num_tokens.cpu()
-        sums = {"pg_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
+            counts = counts.to(self.device)
+            dist.all_reduce(counts)
+            counts = counts.cpu()
+        num_tokens, num_seqs = counts[0], counts[1]
+        if num_tokens.item() == 0:
+            return {"actor/skipped_update": 1.0, "actor/num_tokens": 0.0}
+        mode = self.algo.loss_agg_mode
+        use_kl = self.algo.use_kl_loss
+
+        def agg(values, mask):
+            return aggregate_loss(values, mask, mode, num_tokens, num_seqs)
+
+        sums = {"pg_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "kl_loss": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         mbs = self.cfg.micro_batch_size
         for start in range(0, mask_all.shape[0], mbs):
@@ -102,20 +132,30 @@ class Learner:
             logp, entropy = self._forward(mb, with_entropy=True)
             old = mb["old_log_probs"].to(self.device)
             adv = mb["advantages"].to(self.device).unsqueeze(1)
-            pg, clipped = ppo_clip_loss(logp, old, adv, self.cfg.clip_low, self.cfg.clip_high)
-            loss = token_mean(pg, mask, num_tokens)
+            pg, clipped = ppo_clip_loss(logp, old, adv, self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip)
+            pg_loss = agg(pg, mask)
+            entropy_loss = agg(entropy, mask)
+            loss = pg_loss - entropy_coef * entropy_loss if entropy_coef > 0 else pg_loss
+            if use_kl:
+                kl_loss = agg(kl_penalty(logp, mb["ref_log_probs"].to(self.device), self.algo.kl_estimator), mask)
+                loss = loss + self.algo.kl_coef * kl_loss
+                sums["kl_loss"] += kl_loss.item()
             loss.backward()
             with torch.no_grad():
-                sums["pg_loss"] += loss.item()
-                sums["entropy"] += token_mean(entropy, mask, num_tokens).item()
-                sums["clipfrac"] += token_mean(clipped, mask, num_tokens).item()
+                sums["pg_loss"] += pg_loss.item()
+                # logged as a plain token mean whatever the aggregation, so runs stay comparable
+                sums["entropy"] += aggregate_loss(entropy, mask, "token_mean", num_tokens, num_seqs).item()
+                sums["clipfrac"] += agg(clipped, mask).item()
                 # k3 estimator of KL(old || new), a health signal only
                 log_ratio = logp - old
-                sums["approx_kl"] += token_mean(torch.exp(log_ratio) - 1 - log_ratio, mask, num_tokens).item()
+                sums["approx_kl"] += agg(torch.exp(log_ratio) - 1 - log_ratio, mask).item()
         grad_norm = self._clip_and_step()
+        if not use_kl:
+            del sums["kl_loss"]
         metrics = {f"actor/{k}": v for k, v in sums.items()}
         metrics["actor/grad_norm"] = grad_norm
         metrics["actor/num_tokens"] = float(num_tokens)
+        metrics["actor/skipped_update"] = 0.0
         metrics["actor/update_seconds"] = time.time() - t0
         return metrics
 
