@@ -8,7 +8,7 @@ command line is an error at start-up, not a silently ignored key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -145,10 +145,44 @@ class AlgorithmConfig:
 
 
 @dataclass
+class RewardTerm:
+    """One weighted reward function. Its value is weight * fn(response, sample, **kwargs)."""
+
+    # "package.module:function" or "/path/to/file.py:function"; returns a float or a dict with "score"
+    # (its other keys are logged as reward/<name>/<key>; an "acc" key decides correctness);
+    # or "rm:<name>" for the reward model configured under reward.reward_models.<name>
+    fn: str = MISSING
+    weight: float = 1.0
+    name: str = ""  # metric name (reward/<name>); default: the function's name
+    kwargs: dict[str, Any] = field(default_factory=dict)  # bound to fn, e.g. {fallbacks: [boxed, last_number]}
+
+
+@dataclass
+class RewardModelConfig:
+    """A sequence-classification reward model served by its own Ray actor (term ``fn: rm:<name>``)."""
+
+    path: str = MISSING  # Hugging Face directory or hub name of an AutoModelForSequenceClassification (1 label)
+    dtype: str = "bfloat16"
+    batch_size: int = 16  # (prompt, response) pairs per forward pass
+    max_length: int = 4096  # tokens; longer conversations are truncated
+    prompt_key: str = "prompt"  # row field holding the user message the response answers
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+
+@dataclass
 class RewardConfig:
-    # "package.module:function" or "/path/to/file.py:function"; signature fn(response: str, sample: dict)
-    # returning a float or a dict with "score" (other keys are logged as reward/<key>).
+    # The default reward, for rows whose data_source has no route: this function alone ...
     fn: str = "or1.rewards.math:score"
+    # ... or, when non-empty, this weighted sum (e.g. correctness + 0.1 * format); fn is then unused
+    terms: list[RewardTerm] = field(default_factory=list)
+    # data_source -> its own weighted terms, e.g. {code: [{fn: or1.rewards.code:score}]}
+    routes: dict[str, list[RewardTerm]] = field(default_factory=dict)
+    fallback_score: float = 0.0  # a term that raises, times out or crashes scores this (counted, logged)
+    timeout_s: float = 10.0  # hard wall-clock limit per term and response; the worker is killed after it
+    num_workers: int = 2  # reward worker processes
+    memory_mb: int = 4096  # address-space cap of each worker process
+    reward_models: dict[str, RewardModelConfig] = field(default_factory=dict)  # name -> model, for "rm:<name>" terms
 
 
 @dataclass

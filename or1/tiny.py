@@ -211,25 +211,48 @@ def create_tiny_model(out: str | Path, spec: TinySpec | None = None, warmup_step
     return out
 
 
+def create_tiny_reward_model(out: str | Path, spec: TinySpec | None = None) -> Path:
+    """A random tiny reward model: Qwen2 for sequence classification with one output."""
+    import torch
+    from transformers import Qwen2ForSequenceClassification
+
+    spec = spec or TinySpec()
+    tokenizer = build_tokenizer()
+    config = build_model(spec, tokenizer).config
+    config.num_labels = 1
+    torch.manual_seed(spec.seed)
+    model = Qwen2ForSequenceClassification(config)
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def main() -> None:
     from or1.data.arithmetic import generate_splits
 
-    p = argparse.ArgumentParser(description="Write a tiny Qwen2 model with a character tokenizer.")
+    p = argparse.ArgumentParser(description="Write a tiny Qwen2 model with a byte-level tokenizer.")
     p.add_argument("--out", required=True, help="directory to create")
-    p.add_argument("--hidden-size", type=int, default=TinySpec.hidden_size)
+    p.add_argument("--hidden-size", type=int, default=TinySpec.hidden_size, help="a multiple of 64")
     p.add_argument("--layers", type=int, default=TinySpec.num_layers)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="supervised steps on the synthetic arithmetic task (0: random weights)")
-    p.add_argument("--warmup-lr", type=float, default=3e-3)
+    p.add_argument("--warmup-lr", type=float, default=1e-3)
+    p.add_argument("--label-noise", type=float, default=0.0,
+                   help="fraction of warm-up targets replaced by near misses (the tiny_cpu recipe uses 0.3)")
+    p.add_argument("--max-operand", type=int, default=49, help="arithmetic operands are 0..max")
     a = p.parse_args()
     spec = TinySpec(hidden_size=a.hidden_size, num_layers=a.layers, seed=a.seed)
-    train, val = generate_splits(4000, 200, seed=0)
-    path = create_tiny_model(a.out, spec, a.warmup_steps, train, a.warmup_lr, log_every=50)
+    space = (a.max_operand + 1) ** 2
+    train, val = generate_splits(min(2000, space - 200), 200, max_operand=a.max_operand, seed=0)
+    path = create_tiny_model(a.out, spec, a.warmup_steps, train, a.warmup_lr, log_every=100,
+                             label_noise=a.label_noise)
     if a.warmup_steps:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
         acc = greedy_accuracy(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), val)
-        print(f"greedy validation accuracy after warm-up: {acc:.3f}")
+        print(f"greedy accuracy on 200 held-out problems after warm-up: {acc:.3f}")
     print(f"wrote {path}")
 
 

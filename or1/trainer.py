@@ -27,7 +27,7 @@ from or1.batch import build_batch, select_rows
 from or1.config import OR1Config
 from or1.data.dataset import EpochSampler, PromptDataset
 from or1.metrics import MetricsLogger
-from or1.rewards.loader import load_reward_fn, reward_value
+from or1.rewards.manager import RewardManager, RewardScores
 from or1.workers.rollout import Sample
 
 log = logging.getLogger("or1")
@@ -49,13 +49,6 @@ def sampling_seeds(seed: int, step: int, count: int, stream: int = 0) -> list[in
 
 
 @dataclass
-class Scored:
-    rewards: torch.Tensor  # [num_samples]
-    correct: torch.Tensor  # [num_samples] 0/1
-    extras: dict[str, float]  # means of the reward function's extra metrics
-
-
-@dataclass
 class Group:
     """The n responses to one prompt, with what the step learned about them."""
 
@@ -69,7 +62,7 @@ class Group:
     advantages: torch.Tensor | None = None  # [n]
 
 
-def make_groups(data: PromptDataset, indices: list[int], samples: list[Sample], scored: Scored,
+def make_groups(data: PromptDataset, indices: list[int], samples: list[Sample], scored: RewardScores,
                 n: int) -> list[Group]:
     groups = []
     for g, index in enumerate(indices):
@@ -95,8 +88,8 @@ class Trainer:
         self.output_dir = cfg.trainer.output_dir
         os.makedirs(self.output_dir, exist_ok=True)
         # Everything that can be checked cheaply is checked before any actor starts.
-        self.reward_fn = load_reward_fn(cfg.reward.fn)
         validate_algorithm_config(cfg)
+        self.rewards = RewardManager(cfg.reward)  # imports and checks every reward function
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path,
                                                        trust_remote_code=cfg.model.trust_remote_code)
         d = cfg.data
@@ -118,6 +111,7 @@ class Trainer:
             cfg.model.path, cfg.rollout, cfg.trainer.seed)
         self.learner = ray.remote(num_cpus=cfg.actor.num_cpus)(Learner).remote(
             cfg.model, cfg.actor, 0, 1, "127.0.0.1", free_port(), cfg.trainer.seed, cfg.algorithm)
+        self.rewards.start_reward_models()
         ray.get(self.rollout.ready.remote())
         ray.get(self.learner.__ray_ready__.remote())
         log.info("actors ready in %.1fs (rollout: vLLM, learner: FSDP2)", time.time() - t0)
@@ -143,18 +137,9 @@ class Trainer:
         return ray.get(self.rollout.generate.remote(prompts, n, temperature, self.cfg.rollout.top_p,
                                                     max_tokens, seeds))
 
-    def score(self, data: PromptDataset, indices: list[int], samples: list[Sample]) -> Scored:
+    def score(self, data: PromptDataset, indices: list[int], samples: list[Sample]) -> RewardScores:
         texts = self.tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
-        rewards, correct, extras = [], [], {}
-        for text, s in zip(texts, samples):
-            value, extra = reward_value(self.reward_fn(text, data.rows[indices[s.prompt_index]]))
-            rewards.append(value)
-            # A response counts as correct at score >= 1 unless the function reports "acc" itself.
-            correct.append(float(extra.pop("acc", value >= 1.0)))
-            for k, v in extra.items():
-                extras.setdefault(k, []).append(v)
-        return Scored(torch.tensor(rewards), torch.tensor(correct),
-                      {k: float(np.mean(v)) for k, v in extras.items()})
+        return self.rewards.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
 
     def sync_weights(self) -> int:
         import ray
@@ -188,7 +173,8 @@ class Trainer:
         rounds = 1 + (f.max_refill_rounds if f.refill and f.zero_variance else 0)
         kept: list[Group] = []
         generated: list[Group] = []
-        stats = {"filter/refill_rounds": 0.0, "filter/mastered_new": 0.0}
+        stats = {"filter/refill_rounds": 0.0, "filter/mastered_new": 0.0, "reward/errors": 0.0,
+                 "reward/timeouts": 0.0, "time/generate": 0.0, "time/reward": 0.0}
         for round_ in range(rounds):
             need = target - len(kept)
             if need <= 0:
@@ -196,10 +182,19 @@ class Trainer:
             if round_ > 0:
                 stats["filter/refill_rounds"] += 1
             indices = self.sampler.next_batch(need)
+            t = time.time()
             samples = self.generate(self.train_data, indices, n, cfg.rollout.temperature,
                                     sampling_seeds(cfg.trainer.seed, self.step, len(indices), round_), max_tokens)
-            groups = make_groups(self.train_data, indices, samples,
-                                 self.score(self.train_data, indices, samples), n)
+            stats["time/generate"] += time.time() - t
+            t = time.time()
+            scored = self.score(self.train_data, indices, samples)
+            stats["time/reward"] += time.time() - t
+            for k, v in scored.metrics.items():  # failures add up over rounds; the rest: first round's
+                if k in ("reward/errors", "reward/timeouts"):
+                    stats[k] += v
+                else:
+                    stats.setdefault(k, v)
+            groups = make_groups(self.train_data, indices, samples, scored, n)
             generated += groups
             rewards = torch.stack([g.rewards for g in groups])
             informative = informative_groups(rewards)
@@ -252,9 +247,7 @@ class Trainer:
         t_step = time.time()
         stage, max_tokens = self.max_response_length()
 
-        t = time.time()
-        kept, generated, filter_stats = self.collect_groups(max_tokens)
-        timings["time/generate"] = time.time() - t  # generation and scoring, refill rounds included
+        kept, generated, filter_stats = self.collect_groups(max_tokens)  # refill rounds included
         self.assign_advantages(generated)
         train_groups, n_replayed = self.mix_in_buffer(kept, filter_stats["filter/informative_frac"])
 
@@ -380,6 +373,8 @@ class Trainer:
         for actor in (getattr(self, "rollout", None), getattr(self, "learner", None)):
             if actor is not None:
                 ray.kill(actor)
+        if getattr(self, "rewards", None) is not None:
+            self.rewards.close()
 
 
 def validate_algorithm_config(cfg: OR1Config) -> None:

@@ -1,8 +1,8 @@
 """The tiny_cpu recipe, end to end on the real stack (Ray + vLLM + FSDP2), learns.
 
 Validation accuracy is measured on 200 held-out problems x 8 samples at temperature 1.0, so the
-standard error of one measurement is about 0.01; the required gain (MIN_GAIN) is several times
-what sampling noise can produce.
+standard error of one measurement is about 0.012; the required gain (MIN_GAIN) is about six
+standard errors of a difference, half of what the recipe measured.
 """
 
 import json
@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MIN_GAIN = 0.06
+MIN_GAIN = 0.10  # measured gains: 0.20 and 0.21 (README)
 REQUIRED_KEYS = {"step", "reward/mean", "acc/mean", "response_length/mean", "actor/entropy", "actor/pg_loss",
                  "actor/grad_norm", "time/generate", "time/reward", "time/update", "time/sync"}
 

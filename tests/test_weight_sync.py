@@ -35,6 +35,7 @@ def test_weight_push_makes_vllm_match_learner(tiny_model, ray_local):
         ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-2, weight_decay=0.0, micro_batch_size=64),
         0, 1, "127.0.0.1", free_port(), 0)
     prompts = [render_prompt(tok, p, True) for p in ["1+2", "17+25", "9-4", "30+30"]]
+    assert not ray.get(learner.has_reference_model.remote())  # KL off (OR1's default): no reference policy
 
     def vllm_vs_learner(seed: int):
         samples = ray.get(rollout.generate.remote(prompts, 4, 1.0, 1.0, 12, [seed + i for i in range(4)]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -15,11 +16,13 @@ class RewardConfigError(ValueError):
     """The configured reward function cannot be used; raised before training starts."""
 
 
-def load_reward_fn(spec: str) -> RewardFn:
+def load_reward_fn(spec: str, kwargs: dict | None = None) -> RewardFn:
     """``package.module:name`` or ``/path/to/file.py:name`` → the callable, checked.
 
-    The callable must accept ``(response: str, sample: dict)``.
+    The callable must accept ``(response: str, sample: dict, **kwargs)``; ``kwargs`` (from the
+    reward term's configuration) are bound to it.
     """
+    kwargs = dict(kwargs or {})
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
         raise RewardConfigError(f"reward function {spec!r} must look like 'package.module:name' "
@@ -43,12 +46,13 @@ def load_reward_fn(spec: str) -> RewardFn:
     if fn is None or not callable(fn):
         raise RewardConfigError(f"{target!r} has no callable named {name!r}")
     try:
-        inspect.signature(fn).bind("response", {"answer": ""})
+        inspect.signature(fn).bind("response", {"answer": ""}, **kwargs)
     except TypeError as exc:
-        raise RewardConfigError(f"reward function {spec!r} must accept (response, sample): {exc}") from exc
+        raise RewardConfigError(f"reward function {spec!r} must accept (response, sample"
+                                f"{', ' + ', '.join(kwargs) if kwargs else ''}): {exc}") from exc
     except ValueError:
         pass  # builtins without a signature: trust them
-    return fn
+    return functools.partial(fn, **kwargs) if kwargs else fn
 
 
 def reward_value(result: Any) -> tuple[float, dict[str, float]]:
