@@ -6,6 +6,7 @@ the heavy work runs in Ray actors (``or1.workers``). Each phase is timed and log
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -39,6 +40,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TRAINER_STATE_FILE = "trainer_state.json"
 VAL_STREAM = 1 << 16  # training rounds use streams 0, 1, 2, ... (refill rounds), validation this one
 
 
@@ -363,9 +365,21 @@ class Trainer:
             import ray
 
             path = ray.get(self.learner.save_hf.remote(os.path.join(self.output_dir, "final"), self.cfg.model.path))
-            log.info("final policy written to %s", path)
+            with open(os.path.join(path, TRAINER_STATE_FILE), "w") as f:
+                json.dump(self.state_dict(), f)
+            log.info("final policy and trainer state written to %s", path)
         self.logger.close()
         return {"first_val": first_val, "last_val": last_val}
+
+    def state_dict(self) -> dict:
+        """The driver's algorithm state: what a resumed run needs besides weights and optimizer."""
+        return {
+            "step": self.step,
+            "stage": self.max_response_length()[0],
+            "sampler": self.sampler.state_dict(),  # data position and the mastered-prompt set
+            "entropy_controller": self.entropy_ctl.state_dict(),
+            "sample_buffer": self.buffer.state_dict() if self.buffer is not None else None,
+        }
 
     def shutdown(self) -> None:
         import ray

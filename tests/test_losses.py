@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 import torch
 
 from or1.algo.losses import ppo_clip_loss, token_log_probs_and_entropy, token_mean
@@ -58,3 +60,12 @@ def test_build_batch_layout_and_slice():
     assert b["rollout_log_probs"][1].tolist() == [0, -4, 0, 0, 0]
     s = slice_batch(b, 1, 2)
     assert s["input_ids"].tolist() == [[7, 2]] and s["advantages"].tolist() == [-0.5]
+
+
+def test_single_token_responses_make_token_and_sequence_means_agree():
+    from or1.algo.losses import aggregate_loss
+
+    values = torch.tensor([[0.0, 2.0], [0.0, -1.0], [0.0, 4.0]])
+    mask = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # a one-token response after a one-token prompt
+    for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"):
+        assert aggregate_loss(values, mask, mode, 3, 3).item() == pytest.approx(5 / 3)

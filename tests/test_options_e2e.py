@@ -61,6 +61,11 @@ def test_options_set_a(tmp_path):
         if not r.get("actor/skipped_update"):
             groups = r["filter/groups_kept"] + r["buffer/replayed_groups"]
             assert r["actor/num_updates"] == 2 * math.ceil(groups / 4)
+    state = json.loads((tmp_path / "run" / "final" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["stage"] == 1
+    assert state["entropy_controller"]["coef"] == pytest.approx(0.004)
+    assert len(state["sampler"]["mastered"]) == steps[-1]["filter/mastered_total"]
+    assert len(state["sample_buffer"]["groups"]) == steps[-1]["buffer/size"] > 0
     # the buffer replays from the second step on (min_informative_frac > 1 forces it)
     assert steps[0]["buffer/replayed_groups"] == 0 and any(r["buffer/replayed_groups"] > 0 for r in steps[1:])
     # the barely trained model is right ~2% of the time: at threshold 0.06 one right answer in 16 masters a prompt
@@ -83,3 +88,18 @@ def test_options_set_b(tmp_path):
         assert r["actor/entropy_coef"] == 0.01
         assert r["filter/groups_kept"] == r["filter/groups_generated"] == 16  # nothing filtered
         assert r["response/truncated_frac"] > 0.5 and r["actor/kl_loss"] >= 0
+
+
+def test_a_step_with_every_group_filtered_is_skipped_not_nan(tmp_path):
+    constant = tmp_path / "constant.py"
+    constant.write_text("def zero(response, sample):\n    return 0.0\n")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "or1.train", *COMMON[:-1], "trainer.total_steps=2",
+                           f"trainer.output_dir={out}", f"reward.fn={constant}:zero"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "every group was filtered out" in proc.stdout + proc.stderr
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "reward/mean" in r]
+    assert [r["actor/skipped_update"] for r in steps] == [1.0, 1.0]
+    assert all(r["filter/groups_kept"] == 0 and "actor/pg_loss" not in r for r in steps)

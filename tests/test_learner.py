@@ -1,0 +1,49 @@
+"""The FSDP2 learner in-process (gloo, world size 1): micro-batching never changes the step."""
+
+import pytest
+import torch
+
+from or1.batch import build_batch
+from or1.config import ActorConfig, AlgorithmConfig, ModelConfig
+
+from .conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(0)
+    prompts = [[40 + i, 41 + i, 42] for i in range(6)]
+    responses = [list(torch.randint(3, 200, (k,), generator=g).tolist()) for k in (1, 3, 5, 2, 7, 4)]
+    b = build_batch(prompts, responses, pad_id=0, advantages=torch.randn(6, generator=g))
+    return b
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"])
+def test_micro_batches_reproduce_the_whole_batch(tiny_model, batch, mode):
+    from or1.workers.learner import Learner
+
+    results = []
+    port = free_port()
+    for micro in (6, 1, 4):
+        learner = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=micro),
+                          master_port=port, algo_cfg=AlgorithmConfig(loss_agg_mode=mode))
+        b = dict(batch)
+        b["old_log_probs"] = learner.compute_log_probs(b) + 0.05 * b["response_mask"]  # ratios != 1
+        results.append(learner.update(b, entropy_coef=0.01))
+    whole = results[0]
+    for other in results[1:]:
+        for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "actor/clipfrac"):
+            assert other[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+    assert whole["actor/grad_norm"] > 0 and whole["actor/skipped_update"] == 0.0
+
+
+def test_batch_without_loss_tokens_skips_the_step(tiny_model, batch):
+    from or1.workers.learner import Learner
+
+    learner = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(micro_batch_size=4), master_port=free_port())
+    b = dict(batch)
+    b["response_mask"] = torch.zeros_like(b["response_mask"])
+    b["old_log_probs"] = torch.zeros_like(b["response_mask"])
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    assert learner.update(b)["actor/skipped_update"] == 1.0
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, learner.model.parameters()))
