@@ -200,6 +200,14 @@ class TrainerConfig:
     ray_address: Optional[str] = None  # join an existing Ray cluster ("auto" or host:port); None: start one
     ray_num_cpus: Optional[int] = None  # CPUs of a locally started Ray; None: all of the machine's
     save_final: bool = True  # write the final policy in Hugging Face format to output_dir/final
+    save_every: int = 0  # full checkpoint every k steps (0: only at the end); see or1/checkpoint.py
+    keep_last: int = 3  # complete checkpoints kept (older ones deleted); 0 keeps all
+    # auto: continue from the latest complete checkpoint in output_dir if there is one; off: start fresh;
+    # a path: that checkpoint (or that run directory's latest)
+    resume: str = "auto"
+    # a checkpoint or run directory to start from when resume finds nothing (a stage starting from the
+    # previous stage's run); once this run has checkpoints of its own, resume=auto continues those
+    init_from: Optional[str] = None
 
 
 @dataclass

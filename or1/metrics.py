@@ -21,19 +21,26 @@ _CONSOLE = [
 
 class MetricsLogger:
     def __init__(self, output_dir: str, backends: list[str], run_config: dict | None = None,
-                 wandb_mode: str = "offline", project: str = "or1", name: str = "run"):
+                 wandb_mode: str = "offline", project: str = "or1", name: str = "run",
+                 run_id: str | None = None, resume_step: int | None = None):
         unknown = set(backends) - {"console", "jsonl", "wandb"}
         if unknown:
             raise ValueError(f"unknown loggers {sorted(unknown)}; use console, jsonl, wandb")
         self.backends = backends
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            # steps after the checkpoint will be logged again: drop the interrupted run's copies
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
         self._wandb = None
         if "wandb" in backends and wandb_mode != "disabled":
             import wandb
 
+            # the same id on resume continues the same wandb run
             self._wandb = wandb.init(project=project, name=name, dir=str(output_dir), mode=wandb_mode,
-                                     config=run_config or {})
+                                     config=run_config or {}, id=run_id, resume="allow")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{k: _plain(v) for k, v in sorted(metrics.items())}}

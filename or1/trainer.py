@@ -10,9 +10,12 @@ import json
 import logging
 import os
 import random
+import signal
+import uuid
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ from or1.algo.losses import KL_ESTIMATORS, LOSS_AGG_MODES
 from or1.algo.sample_buffer import BufferedGroup, SelectiveSampleBuffer
 from or1.algo.stages import stage_at
 from or1.batch import build_batch, select_rows
+from or1.checkpoint import FAULT_ENV, STATE_FILE, CheckpointDirs, resolve_resume
 from or1.config import OR1Config
 from or1.data.dataset import EpochSampler, PromptDataset
 from or1.metrics import MetricsLogger
@@ -104,6 +108,11 @@ class Trainer:
         self.entropy_ctl = AdaptiveEntropyController(
             algo.entropy.target, algo.entropy.delta, algo.entropy.min_coef, algo.entropy.max_coef)
         self.buffer = SelectiveSampleBuffer(algo.sample_buffer.capacity) if algo.sample_buffer.enabled else None
+        resume_from = resolve_resume(cfg.trainer.resume, self.output_dir)
+        if resume_from is None and cfg.trainer.init_from and cfg.trainer.resume != "off":
+            resume_from = resolve_resume(cfg.trainer.init_from, self.output_dir)
+        if resume_from is not None:
+            check_resume_compatible(resume_from, cfg)  # before anything expensive starts
 
         if not ray.is_initialized():
             ray.init(address=cfg.trainer.ray_address, num_cpus=cfg.trainer.ray_num_cpus,
@@ -117,10 +126,14 @@ class Trainer:
         ray.get(self.rollout.ready.remote())
         ray.get(self.learner.__ray_ready__.remote())
         log.info("actors ready in %.1fs (rollout: vLLM, learner: FSDP2)", time.time() - t0)
+        self.step = 0
+        self.run_id = uuid.uuid4().hex[:12]
+        self.checkpoints = CheckpointDirs(self.output_dir)
+        resumed = self.resume(resume_from)
         self.logger = MetricsLogger(self.output_dir, list(cfg.trainer.loggers),
                                     OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-                                    cfg.trainer.wandb_mode, cfg.trainer.project, cfg.trainer.experiment_name)
-        self.step = 0
+                                    cfg.trainer.wandb_mode, cfg.trainer.project, cfg.trainer.experiment_name,
+                                    run_id=self.run_id, resume_step=self.step if resumed else None)
 
     # --- phases ----------------------------------------------------------------------------
     def max_response_length(self) -> tuple[int, int]:
@@ -347,7 +360,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         cfg = self.cfg.trainer
-        first_val = self.validate() if cfg.val_before_train else {}
+        first_val = self.validate() if cfg.val_before_train and self.step == 0 else {}
         if first_val:
             self.logger.log(0, first_val)
         last_val: dict[str, float] = first_val
@@ -361,6 +374,8 @@ class Trainer:
                 last_val = self.validate()
                 metrics.update(last_val)
             self.logger.log(self.step, metrics)
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.total_steps:
+                self.save_checkpoint()
         if cfg.save_final:
             import ray
 
@@ -379,7 +394,55 @@ class Trainer:
             "sampler": self.sampler.state_dict(),  # data position and the mastered-prompt set
             "entropy_controller": self.entropy_ctl.state_dict(),
             "sample_buffer": self.buffer.state_dict() if self.buffer is not None else None,
+            "run_id": self.run_id,
+            "world_size": 1,
         }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        sampler = state["sampler"]
+        if sampler.get("size", self.sampler.size) != self.sampler.size:
+            log.warning("the training data changed (%d prompts, checkpoint had %d): the data order and the "
+                        "mastered-prompt set restart", self.sampler.size, sampler["size"])
+        else:
+            self.sampler.load_state_dict(sampler)
+        self.entropy_ctl.load_state_dict(state["entropy_controller"])
+        if self.buffer is not None and state.get("sample_buffer"):
+            self.buffer.load_state_dict(state["sample_buffer"])
+        self.run_id = state.get("run_id", self.run_id)
+
+    def save_checkpoint(self) -> Path:
+        """A complete, atomic checkpoint of this step (see or1/checkpoint.py for the layout)."""
+        import ray
+        from transformers import AutoConfig
+
+        t0 = time.time()
+        tmp = self.checkpoints.begin(self.step)
+        ray.get(self.learner.save_checkpoint.remote(str(tmp)))
+        if os.environ.get(FAULT_ENV) == f"after_shards:{self.step}":
+            os.kill(os.getpid(), signal.SIGKILL)
+        AutoConfig.from_pretrained(self.cfg.model.path, trust_remote_code=self.cfg.model.trust_remote_code
+                                   ).save_pretrained(tmp / "hf")
+        self.tokenizer.save_pretrained(tmp / "hf")
+        OmegaConf.save(OmegaConf.structured(self.cfg), tmp / "config.yaml")
+        with open(tmp / STATE_FILE, "w") as f:
+            json.dump(self.state_dict(), f)
+        final = self.checkpoints.commit(tmp, self.cfg.trainer.keep_last)
+        log.info("checkpoint %s written in %.1fs", final, time.time() - t0)
+        return final
+
+    def resume(self, path: Path | None) -> bool:
+        """Load a checkpoint into the learner, the driver and vLLM; False when starting fresh."""
+        import ray
+
+        if path is None:
+            return False
+        state = json.loads((path / STATE_FILE).read_text())
+        ray.get(self.learner.load_checkpoint.remote(str(path)))
+        self.load_state_dict(state)
+        self.sync_weights()  # vLLM started from model.path; give it the checkpoint's policy
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
 
     def shutdown(self) -> None:
         import ray
@@ -389,6 +452,40 @@ class Trainer:
                 ray.kill(actor)
         if getattr(self, "rewards", None) is not None:
             self.rewards.close()
+
+
+ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "intermediate_size", "vocab_size")
+
+
+def check_resume_compatible(path: Path, cfg: OR1Config) -> None:
+    """Refuse a checkpoint of another model or world size; log every other changed setting."""
+    from transformers import AutoConfig
+
+    saved = json.loads((path / "hf" / "config.json").read_text())
+    current = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code).to_dict()
+    different = {k: (saved.get(k), current.get(k)) for k in ARCHITECTURE_KEYS if saved.get(k) != current.get(k)}
+    if different:
+        raise ValueError(f"checkpoint {path} is of another model than model.path={cfg.model.path!r}: "
+                         + ", ".join(f"{k} {a} != {b}" for k, (a, b) in different.items()))
+    state = json.loads((path / STATE_FILE).read_text())
+    if state.get("world_size", 1) != 1:
+        raise ValueError(f"checkpoint {path} was written by {state['world_size']} learner ranks; "
+                         f"this run has 1 (resharding on load is not supported yet)")
+    before = _flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True))
+    now = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            log.info("resume: %s changed from %r to %r", key, before.get(key), now.get(key))
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
 
 
 def validate_algorithm_config(cfg: OR1Config) -> None:

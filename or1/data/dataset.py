@@ -117,7 +117,7 @@ class EpochSampler:
 
     def state_dict(self) -> dict:
         excluded = self._epoch_excluded if self._epoch_excluded is not None else frozenset(self.mastered)
-        return {"epoch": self.epoch, "position": self.position, "mastered": sorted(self.mastered),
+        return {"size": self.size, "epoch": self.epoch, "position": self.position, "mastered": sorted(self.mastered),
                 "epoch_excluded": sorted(excluded) if self.position else None}
 
     def load_state_dict(self, state: dict) -> None:

@@ -110,7 +110,7 @@ class RewardManager:
         metrics = {f"reward/{k}": float(np.mean(v)) for k, v in per_term.items()}
         metrics["reward/errors"] = float(failures["error"])
         metrics["reward/timeouts"] = float(failures["timeout"])
-        metrics["reward/slowest_seconds"] = max((r.seconds for r in results), default=0.0)
+        metrics["time/reward_slowest_item"] = max((r.seconds for r in results), default=0.0)
         return RewardScores(torch.tensor(rewards, dtype=torch.float32), torch.tensor(acc), metrics)
 
     def _score_with_models(self, plan, responses: list[str], rows: list[dict]) -> dict[int, ItemResult]:

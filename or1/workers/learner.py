@@ -156,7 +156,7 @@ class Learner:
         metrics["actor/grad_norm"] = grad_norm
         metrics["actor/num_tokens"] = float(num_tokens)
         metrics["actor/skipped_update"] = 0.0
-        metrics["actor/update_seconds"] = time.time() - t0
+        metrics["time/learner_update"] = time.time() - t0
         return metrics
 
     def _clip_and_step(self) -> float:
@@ -171,6 +171,36 @@ class Learner:
             return norm
         self.optimizer.step()
         return norm
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, path: str) -> None:
+        """Sharded model and optimizer state with torch distributed checkpoint (every rank writes
+        its own shards; nothing is gathered, so saving does not add a full copy to memory), plus
+        this rank's torch RNG state. All ranks must call it."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(path, "learner"))
+        torch.save({"cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
+                   os.path.join(path, f"rng_rank{self.rank}.pt"))
+
+    def load_checkpoint(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=os.path.join(path, "learner"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        rng_file = os.path.join(path, f"rng_rank{self.rank}.pt")
+        if os.path.exists(rng_file):
+            rng = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
 
     # --- weights out -------------------------------------------------------------------------
     def full_parameters(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
