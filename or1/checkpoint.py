@@ -4,7 +4,7 @@ Layout under ``<output_dir>/checkpoints/``::
 
     step_00000010/            a complete checkpoint (only complete ones carry this name)
         learner/              sharded model + optimizer (torch distributed checkpoint)
-        rng_rank0.pt          torch RNG state per learner rank
+        rank0_state.pt        LR scheduler and torch RNG state, per learner rank
         hf/                   config.json + tokenizer (no weights): what `or1.export` needs
         trainer_state.json    step, stage, sampler (position, mastered set), entropy
                               controller, sample buffer, logger run id, world size

@@ -74,7 +74,8 @@ class RolloutConfig:
 
 @dataclass
 class ActorConfig:
-    lr: float = 1e-6  # AdamW learning rate, constant (OR1)
+    lr: float = 1e-6  # AdamW learning rate, constant after the warm-up (OR1: constant)
+    lr_warmup_steps: int = 0  # optimizer steps of linear warm-up from 0 to lr (checkpointed)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping

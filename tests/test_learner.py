@@ -47,3 +47,20 @@ def test_batch_without_loss_tokens_skips_the_step(tiny_model, batch):
     before = [p.detach().clone() for p in learner.model.parameters()]
     assert learner.update(b)["actor/skipped_update"] == 1.0
     assert all(torch.equal(a, p.detach()) for a, p in zip(before, learner.model.parameters()))
+
+
+def test_lr_warmup_and_its_state_survive_a_checkpoint(tiny_model, batch, tmp_path):
+    from or1.workers.learner import Learner
+
+    cfg = ActorConfig(lr=1e-2, lr_warmup_steps=4, micro_batch_size=8)
+    port = free_port()
+    learner = Learner(ModelConfig(path=str(tiny_model)), cfg, master_port=port)
+    b = dict(batch)
+    b["old_log_probs"] = learner.compute_log_probs(b)
+    assert [learner.update(b)["actor/lr"] for _ in range(2)] == pytest.approx([0.0025, 0.005])
+    learner.save_checkpoint(str(tmp_path))
+    resumed = Learner(ModelConfig(path=str(tiny_model)), cfg, master_port=port)
+    resumed.load_checkpoint(str(tmp_path))
+    a, r = learner.update(b), resumed.update(b)
+    assert a["actor/lr"] == r["actor/lr"] == pytest.approx(0.0075)
+    assert a["actor/pg_loss"] == r["actor/pg_loss"] and a["actor/grad_norm"] == r["actor/grad_norm"]

@@ -69,6 +69,9 @@ class Learner:
             self.ref_model.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=actor_cfg.lr, betas=tuple(actor_cfg.betas),
                                            weight_decay=actor_cfg.weight_decay)
+        warmup = actor_cfg.lr_warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup > 0 else 1.0)
 
     def has_reference_model(self) -> bool:
         return self.ref_model is not None
@@ -149,11 +152,13 @@ class Learner:
                 # k3 estimator of KL(old || new), a health signal only
                 log_ratio = logp - old
                 sums["approx_kl"] += agg(torch.exp(log_ratio) - 1 - log_ratio, mask).item()
+        lr_used = self.optimizer.param_groups[0]["lr"]
         grad_norm = self._clip_and_step()
         if not use_kl:
             del sums["kl_loss"]
         metrics = {f"actor/{k}": v for k, v in sums.items()}
         metrics["actor/grad_norm"] = grad_norm
+        metrics["actor/lr"] = lr_used
         metrics["actor/num_tokens"] = float(num_tokens)
         metrics["actor/skipped_update"] = 0.0
         metrics["time/learner_update"] = time.time() - t0
@@ -170,21 +175,22 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             return norm
         self.optimizer.step()
+        self.scheduler.step()
         return norm
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, path: str) -> None:
         """Sharded model and optimizer state with torch distributed checkpoint (every rank writes
         its own shards; nothing is gathered, so saving does not add a full copy to memory), plus
-        this rank's torch RNG state. All ranks must call it."""
+        this rank's LR scheduler and torch RNG states. All ranks must call it."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(path, "learner"))
-        torch.save({"cpu": torch.get_rng_state(),
+        torch.save({"cpu": torch.get_rng_state(), "scheduler": self.scheduler.state_dict(),
                     "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
-                   os.path.join(path, f"rng_rank{self.rank}.pt"))
+                   os.path.join(path, f"rank{self.rank}_state.pt"))
 
     def load_checkpoint(self, path: str) -> None:
         import torch.distributed.checkpoint as dcp
@@ -195,12 +201,11 @@ class Learner:
         dcp.load(state, checkpoint_id=os.path.join(path, "learner"))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"])
-        rng_file = os.path.join(path, f"rng_rank{self.rank}.pt")
-        if os.path.exists(rng_file):
-            rng = torch.load(rng_file, weights_only=False)
-            torch.set_rng_state(rng["cpu"])
-            if rng["cuda"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"])
+        extra = torch.load(os.path.join(path, f"rank{self.rank}_state.pt"), weights_only=False)
+        torch.set_rng_state(extra["cpu"])
+        if extra["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(extra["cuda"])
+        self.scheduler.load_state_dict(extra["scheduler"])
 
     # --- weights out -------------------------------------------------------------------------
     def full_parameters(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
