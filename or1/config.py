@@ -172,6 +172,15 @@ class RewardModelConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """The code-execution service the code verifier (or1.rewards.code:score) calls."""
+
+    start_local: bool = False  # start `python -m sandbox` on this machine for the run (stopped at exit)
+    url: Optional[str] = None  # or use a running service, e.g. http://sandbox-host:8765
+    max_concurrency: int = 0  # programs the local service runs at once; 0: one per CPU core
+
+
+@dataclass
 class RewardConfig:
     # The default reward, for rows whose data_source has no route: this function alone ...
     fn: str = "or1.rewards.math:score"
@@ -184,6 +193,7 @@ class RewardConfig:
     num_workers: int = 2  # reward worker processes
     memory_mb: int = 4096  # address-space cap of each worker process
     reward_models: dict[str, RewardModelConfig] = field(default_factory=dict)  # name -> model, for "rm:<name>" terms
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
 @dataclass

@@ -9,12 +9,14 @@ response and is counted in ``reward/errors`` / ``reward/timeouts``: it never kil
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from or1.config import RewardConfig, RewardTerm
+from or1.rewards import code as code_reward
 from or1.rewards.loader import RewardConfigError, load_reward_fn, reward_value
 from or1.rewards.pool import ItemResult, RewardPool
 
@@ -29,6 +31,46 @@ class RewardScores:
 
 
 RM_PREFIX = "rm:"
+
+
+class LocalSandbox:
+    """``python -m sandbox`` on a free loopback port, for the length of a run."""
+
+    def __init__(self, max_concurrency: int = 0, start_timeout_s: float = 30.0):
+        import socket
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port)]
+        if max_concurrency:
+            cmd += ["--max-concurrency", str(max_concurrency)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + start_timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the local sandbox service failed to start: {self.proc.stdout.read()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1).read()
+                log.info("sandbox service running at %s", self.url)
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the local sandbox service did not answer within {start_timeout_s}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
 
 
 def term_name(term: RewardTerm) -> str:
@@ -50,6 +92,12 @@ class RewardManager:
                                                 f"(known: {sorted(cfg.reward_models)})")
                 else:
                     load_reward_fn(t.fn, dict(t.kwargs))  # raises RewardConfigError with the reason
+        self.sandbox = None
+        if cfg.sandbox.start_local:
+            self.sandbox = LocalSandbox(cfg.sandbox.max_concurrency)
+            os.environ[code_reward.URL_ENV] = self.sandbox.url  # inherited by the pool's workers
+        elif cfg.sandbox.url:
+            os.environ[code_reward.URL_ENV] = cfg.sandbox.url
         self.pool = pool or RewardPool(cfg.num_workers, cfg.timeout_s, cfg.memory_mb)
         self.reward_models: dict = {}  # name -> Ray actor handle, see start_reward_models
 
@@ -143,5 +191,7 @@ class RewardManager:
         import ray
 
         self.pool.close()
+        if self.sandbox is not None:
+            self.sandbox.stop()
         for actor in self.reward_models.values():
             ray.kill(actor)

@@ -1,0 +1,41 @@
+"""``python -m sandbox --host 127.0.0.1 --port PORT``: start the code-execution service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from aiohttp import web
+
+from sandbox.runner import bwrap_available
+from sandbox.server import Service, make_app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Isolated code-execution service (HTTP/JSON).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--max-concurrency", type=int, default=os.cpu_count() or 2, help="programs running at once")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond that get 503")
+    p.add_argument("--max-timeout-s", type=float, default=60.0)
+    p.add_argument("--max-memory-mb", type=int, default=4096)
+    p.add_argument("--allow-weak-isolation", action="store_true",
+                   help="run without bubblewrap when it cannot work here: rlimits, process groups, a "
+                        "scrubbed environment and (as root) uid 65534 only; NO filesystem or network isolation")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s sandbox %(levelname)s %(message)s")
+    problem = bwrap_available()
+    if problem and not a.allow_weak_isolation:
+        sys.exit(f"sandbox: refusing to start: {problem}. Install bubblewrap (apt-get install bubblewrap) on a "
+                 f"host with user namespaces, or pass --allow-weak-isolation to accept the weak mode.")
+    if problem:
+        logging.warning("WEAK ISOLATION: %s; programs can read the host filesystem and reach the network", problem)
+    service = Service(a.max_concurrency, a.max_queue, isolated=problem is None, max_timeout_s=a.max_timeout_s,
+                      max_memory_mb=a.max_memory_mb)
+    web.run_app(make_app(service), host=a.host, port=a.port, print=lambda *_: None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Run one untrusted program, isolated, under hard limits.
+
+Layers (each one would stop most attacks alone; together they are the design):
+1. bubblewrap: new user, pid, network, ipc, uts and cgroup namespaces (``--unshare-all``): no
+   network at all (not even the host's loopback), its own pid 1, so every process it starts,
+   daemons included, dies with the sandbox. The root filesystem is empty except ``/usr`` (and
+   its ``/bin``, ``/lib`` links) read-only, a fresh ``/proc`` and ``/dev``, a size-capped
+   ``/tmp`` and the run's own working directory at ``/work``. ``/etc``, ``/root``, ``/home``
+   and the service's files are not there to read.
+2. An unprivileged uid (65534) when the service runs as root (``setpriv`` drops it before
+   bubblewrap starts; as root bubblewrap would only pretend to), an empty environment.
+3. rlimits: CPU seconds, address space, processes/threads (per uid), file size, open files.
+4. Its own session / process group, SIGKILLed as a whole at the wall-clock deadline or when the
+   output cap is exceeded; stdout and stderr are read with a cap.
+5. A fresh temporary working directory, removed afterwards.
+
+Without bubblewrap (or user namespaces) the service refuses to start unless told to run in the
+documented weak mode (``--allow-weak-isolation``: layers 2-5 only, no filesystem or network
+isolation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+from sandbox.languages import LANGUAGES, Language
+
+NOBODY = 65534
+STATUSES = ("ok", "runtime_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
+
+
+@dataclass
+class Limits:
+    timeout_s: float = 10.0  # wall clock, from start to the last byte of output
+    memory_mb: int = 512  # address space of each process
+    max_processes: int = 64  # processes + threads of the sandbox uid (RLIMIT_NPROC)
+    max_output_bytes: int = 1 << 20  # stdout + stderr kept; more ends the run as output_limit
+    max_file_bytes: int = 16 << 20  # largest file it may write (RLIMIT_FSIZE); /tmp is capped at 4x this
+    max_open_files: int = 64
+
+
+@dataclass
+class RunResult:
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bwrap_available() -> str | None:
+    """None if bubblewrap can create its namespaces here, else the reason it cannot."""
+    if shutil.which("bwrap") is None:
+        return "bwrap (Debian package bubblewrap) is not installed"
+    cmd = _privilege_drop() + ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr",
+                               "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                               "--symlink", "usr/lib64", "/lib64", "/usr/bin/true"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap failed to start: {exc}"
+    if proc.returncode != 0:
+        return f"bwrap cannot create namespaces here: {proc.stderr.strip()[:300]}"
+    return None
+
+
+def _privilege_drop() -> list[str]:
+    if os.geteuid() == 0:
+        return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all"]
+    return []  # the service already runs unprivileged; the user namespace maps it
+
+
+def _bwrap(workdir: str, limits: Limits) -> list[str]:
+    return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--hostname", "sandbox",
+            "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+            "--symlink", "usr/lib64", "/lib64",
+            "--proc", "/proc", "--dev", "/dev",
+            "--size", str(4 * limits.max_file_bytes), "--tmpfs", "/tmp",
+            "--bind", workdir, "/work", "--chdir", "/work",
+            "--clearenv", "--setenv", "PATH", "/usr/bin", "--setenv", "HOME", "/work",
+            "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
+            "--"]
+
+
+def _set_limits(limits: Limits, cpu_s: int):
+    def apply() -> None:
+        mem = limits.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return apply
+
+
+async def _read_capped(stream: asyncio.StreamReader, sink: bytearray, budget: list[int],
+                       over: asyncio.Event) -> None:
+    """Keep at most the budget; past it, signal and go on draining to EOF (asyncio's
+    ``Process.wait`` also waits for the pipes to close, so they must be read to the end)."""
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return
+        keep = max(0, min(len(chunk), budget[0]))
+        sink += chunk[:keep]
+        budget[0] -= len(chunk)
+        if budget[0] < 0:
+            over.set()
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _kill_sandbox(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the namespace's init, let bubblewrap reap it, then SIGKILL whatever is left.
+
+    Killing bubblewrap's init (the outer bwrap's child) ends every process of the pid namespace,
+    daemons included; the outer bwrap then reaps it and exits by itself. Killing the outer one
+    first would orphan the init as a zombie that only the host's pid 1 can reap (and some
+    container inits never do: measured here, one zombie per killed run).
+    """
+    pid = proc.pid
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=5.0)
+    except asyncio.TimeoutError:
+        pass
+    _kill_group(pid)
+
+
+async def _execute(cmd: list[str], stdin: str, limits: Limits, timeout_s: float, cwd: str) -> RunResult:
+    cpu_s = max(1, int(timeout_s) + 1)
+    t0 = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=cwd, start_new_session=True, preexec_fn=_set_limits(limits, cpu_s), env={"PATH": "/usr/bin"})
+    except OSError as exc:
+        return RunResult("sandbox_error", stderr=f"could not start: {exc}")
+    out, err = bytearray(), bytearray()
+    budget = [limits.max_output_bytes]
+    over = asyncio.Event()
+
+    async def feed() -> None:
+        try:
+            proc.stdin.write(stdin.encode())
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            proc.stdin.close()
+
+    readers = asyncio.gather(feed(), _read_capped(proc.stdout, out, budget, over),
+                             _read_capped(proc.stderr, err, budget, over))
+    over_wait = asyncio.ensure_future(over.wait())
+    timed_out = False
+    try:
+        done, _ = await asyncio.wait({readers, over_wait}, timeout=timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            timed_out = True
+    finally:
+        over_wait.cancel()
+    if timed_out or over.is_set():
+        await _kill_sandbox(proc)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=max(0.5, timeout_s - (time.monotonic() - t0)))
+    except asyncio.TimeoutError:
+        timed_out = True
+        await _kill_sandbox(proc)
+        await proc.wait()
+    _kill_group(proc.pid)  # anything left in the group (the namespace is gone with bwrap anyway)
+    try:
+        await asyncio.wait_for(readers, timeout=2.0)  # the pipes reach EOF once the group is dead
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        pass
+    wall = time.monotonic() - t0
+    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+    code = proc.returncode
+    if over.is_set():
+        status = "output_limit"
+    elif timed_out or code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        status = "timeout"
+    elif code == 0:
+        status = "ok"
+    elif code in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in stderr:
+        status = "output_limit"
+    elif "MemoryError" in stderr or "bad_alloc" in stderr or "Cannot allocate memory" in stderr:
+        status = "memory_limit"
+    elif stderr.startswith("bwrap:") or stderr.startswith("setpriv:"):
+        status = "sandbox_error"
+    else:
+        status = "runtime_error"
+    return RunResult(status, stdout, stderr, code, round(wall, 4))
+
+
+async def run_program(language: str, code: str, stdin: str = "", limits: Limits | None = None,
+                      isolated: bool = True, extra_files: dict[str, str] | None = None) -> RunResult:
+    """Run ``code`` in ``language`` with ``stdin``; never raises for anything the program does."""
+    limits = limits or Limits()
+    lang: Language | None = LANGUAGES.get(language)
+    if lang is None:
+        return RunResult("sandbox_error", stderr=f"unknown language {language!r}; known: {sorted(LANGUAGES)}")
+    workdir = tempfile.mkdtemp(prefix="or1-sandbox-")
+    try:
+        files = {lang.source: code, **(extra_files or {})}
+        for name, text in files.items():
+            with open(os.path.join(workdir, name), "w") as f:
+                f.write(text)
+        if os.geteuid() == 0:
+            for name in [*files, ""]:
+                os.chown(os.path.join(workdir, name), NOBODY, NOBODY)
+        prefix = _privilege_drop() + (_bwrap(workdir, limits) if isolated else [])
+        cwd = "/" if isolated else workdir
+        if lang.compile:
+            built = await _execute(prefix + list(lang.compile), "", limits, lang.compile_timeout_s, cwd)
+            if built.status != "ok":
+                built.status = "runtime_error" if built.status in ("ok", "runtime_error") else built.status
+                built.stderr = "compilation failed:\n" + built.stderr
+                return built
+        return await _execute(prefix + list(lang.run), stdin, limits, limits.timeout_s, cwd)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
