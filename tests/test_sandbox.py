@@ -107,7 +107,8 @@ def test_attack_is_contained(service, name):
     t0 = time.time()
     result = run(service, code)
     assert result["status"] in statuses, result
-    assert time.time() - t0 < 3.0 + 2.0  # the wall-clock deadline holds
+    # the deadline holds: 3 s, plus at most the 5 s bubblewrap gets to reap a killed namespace
+    assert time.time() - t0 < 3.0 + 5.0 + 1.0
     assert_service_healthy(service)
     time.sleep(0.2)
     assert sandbox_uid_processes() == []  # nothing it started outlives the run
