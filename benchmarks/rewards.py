@@ -10,8 +10,9 @@ on the main thread (math-verify's own timeouts, no isolation) for the overhead r
 
 from __future__ import annotations
 
+from report import report  # benchmarks/report.py (scripts run from this folder)
+
 import argparse
-import json
 import os
 import random
 import time
@@ -76,12 +77,7 @@ def main() -> None:
         "pool_mixed_checks_per_s": a.n / pool_mixed_s,
         "mixed_statuses": statuses,
     }
-    print(f"{'measure':45s} value")
-    for k, v in row.items():
-        print(f"{k:45s} {v:.1f}" if isinstance(v, float) else f"{k:45s} {v}")
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(row, f, indent=1)
+    report(row, a.out)
 
 
 if __name__ == "__main__":

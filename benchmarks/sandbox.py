@@ -9,6 +9,8 @@ per execution with no isolation at all; the ratio and the per-run overhead are r
 
 from __future__ import annotations
 
+from report import report  # benchmarks/report.py (scripts run from this folder)
+
 import argparse
 import asyncio
 import json
@@ -97,12 +99,7 @@ def main() -> None:
            "service_vs_naive_ratio": t_naive / t_service,
            "overhead_ms_per_run_service": (t_service - t_naive) / a.n * 1000 * a.concurrency,
            "overhead_ms_per_run_runner": (t_runner - t_naive) / a.n * 1000 * a.concurrency}
-    print(f"{'measure':34s} value")
-    for k, v in row.items():
-        print(f"{k:34s} {v:.2f}" if isinstance(v, float) else f"{k:34s} {v}")
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(row, f, indent=1)
+    report(row, a.out)
 
 
 if __name__ == "__main__":

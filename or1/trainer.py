@@ -257,7 +257,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         import ray
 
-        cfg, algo = self.cfg, self.cfg.algorithm
+        algo = self.cfg.algorithm
         timings: dict[str, float] = {}
         t_step = time.time()
         stage, max_tokens = self.max_response_length()

@@ -74,7 +74,9 @@ def run(url, code, stdin="", timeout_s=3.0, memory_mb=256, language="python"):
 def assert_service_healthy(url):
     t0 = time.time()
     assert get(url, "/health")["status"] == "ok"
-    assert time.time() - t0 < 1.0
+    latency = time.time() - t0
+    # a blocked or hung service takes seconds to forever; 2 s leaves room for a loaded 2-core machine
+    assert latency < 2.0, f"/health took {latency:.2f}s"
     after = run(url, "print(sum(range(10)))")
     assert (after["status"], after["stdout"]) == ("ok", "45\n")
 

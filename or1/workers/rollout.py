@@ -24,7 +24,7 @@ class Sample:
     truncated: bool  # stopped by the length limit rather than by EOS / a stop string
 
 
-def serialize_weights(named_tensors: dict[str, "torch.Tensor"]) -> bytes:  # noqa: F821
+def serialize_weights(named_tensors: dict) -> bytes:
     """Pack tensors for ``RolloutWorker.update_weights`` (one safetensors buffer, no disk)."""
     from safetensors.torch import save
 
