@@ -34,6 +34,9 @@ from dataclasses import asdict, dataclass
 from sandbox.languages import LANGUAGES, Language
 
 NOBODY = 65534
+PR_SET_CHILD_SUBREAPER = 36
+_live_children: set[int] = set()  # direct children whose exit asyncio is still waiting for
+_subreaper = False
 STATUSES = ("ok", "runtime_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
 
 
@@ -120,6 +123,43 @@ async def _read_capped(stream: asyncio.StreamReader, sink: bytearray, budget: li
             over.set()
 
 
+def _become_subreaper() -> None:
+    """Adopt our sandboxes' orphans instead of leaving them to the host's init.
+
+    bubblewrap's outer process exits without reaping the namespace's init, which then waits, a
+    zombie, for the host's pid 1. Some container inits reap late or never; the zombies still
+    count towards the sandbox uid's RLIMIT_NPROC and new sandboxes fail with EAGAIN (measured:
+    one zombie per run, bwrap failing after ~60 runs). As a subreaper this process gets them.
+    """
+    global _subreaper
+    if not _subreaper:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _subreaper = True
+
+
+def _reap_orphans() -> None:
+    """Reap adopted zombies; never a pid asyncio is waiting on (that would steal its status)."""
+    import glob
+
+    for children_file in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        try:
+            pids = [int(p) for p in open(children_file).read().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            if pid in _live_children:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                if state == "Z":
+                    os.waitpid(pid, os.WNOHANG)
+            except (OSError, IndexError, ChildProcessError):
+                pass
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -155,6 +195,7 @@ async def _kill_sandbox(proc: asyncio.subprocess.Process) -> None:
 
 async def _execute(cmd: list[str], stdin: str, limits: Limits, timeout_s: float, cwd: str) -> RunResult:
     cpu_s = max(1, int(timeout_s) + 1)
+    _become_subreaper()
     t0 = time.monotonic()
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -162,6 +203,16 @@ async def _execute(cmd: list[str], stdin: str, limits: Limits, timeout_s: float,
             cwd=cwd, start_new_session=True, preexec_fn=_set_limits(limits, cpu_s), env={"PATH": "/usr/bin"})
     except OSError as exc:
         return RunResult("sandbox_error", stderr=f"could not start: {exc}")
+    _live_children.add(proc.pid)
+    try:
+        return await _supervise(proc, stdin, limits, timeout_s, t0)
+    finally:
+        _live_children.discard(proc.pid)
+        _reap_orphans()
+
+
+async def _supervise(proc: asyncio.subprocess.Process, stdin: str, limits: Limits, timeout_s: float,
+                     t0: float) -> RunResult:
     out, err = bytearray(), bytearray()
     budget = [limits.max_output_bytes]
     over = asyncio.Event()

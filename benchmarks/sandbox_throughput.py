@@ -1,6 +1,6 @@
 """Sandbox throughput: executions per second of a trivial passing program.
 
-    .venv/bin/python benchmarks/sandbox.py [--n 200] [--concurrency 2] [--out benchmarks/results/sandbox.json]
+    .venv/bin/python benchmarks/sandbox_throughput.py [--n 200] [--concurrency 2] [--out benchmarks/results/sandbox.json]
 
 Side by side in one run: (a) the isolated runner (bubblewrap + rlimits + uid drop) called
 directly, (b) the full service over HTTP (/run), and (c) a naive ``subprocess.run([python, file])``
@@ -74,7 +74,8 @@ def service(n: int, concurrency: int) -> float:
 
         def once(_):
             req = urllib.request.Request(url + "/run", data=body, headers={"Content-Type": "application/json"})
-            assert json.loads(urllib.request.urlopen(req, timeout=30).read())["stdout"] == "5\n"
+            got = json.loads(urllib.request.urlopen(req, timeout=30).read())
+            assert got["stdout"] == "5\n", got
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency * 2) as ex:
