@@ -44,7 +44,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-TRAINER_STATE_FILE = "trainer_state.json"
 VAL_STREAM = 1 << 16  # training rounds use streams 0, 1, 2, ... (refill rounds), validation this one
 
 
@@ -380,7 +379,7 @@ class Trainer:
             import ray
 
             path = ray.get(self.learner.save_hf.remote(os.path.join(self.output_dir, "final"), self.cfg.model.path))
-            with open(os.path.join(path, TRAINER_STATE_FILE), "w") as f:
+            with open(os.path.join(path, STATE_FILE), "w") as f:
                 json.dump(self.state_dict(), f)
             log.info("final policy and trainer state written to %s", path)
         self.logger.close()
