@@ -187,6 +187,7 @@ class Trainer:
         rounds = 1 + (f.max_refill_rounds if f.refill and f.zero_variance else 0)
         kept: list[Group] = []
         generated: list[Group] = []
+        informative_flags: list[bool] = []  # one per generated group, every round
         stats = {"filter/refill_rounds": 0.0, "filter/mastered_new": 0.0, "reward/errors": 0.0,
                  "reward/timeouts": 0.0, "time/generate": 0.0, "time/reward": 0.0}
         for round_ in range(rounds):
@@ -212,18 +213,18 @@ class Trainer:
             generated += groups
             rewards = torch.stack([g.rewards for g in groups])
             informative = informative_groups(rewards)
+            informative_flags += informative.tolist()
             if f.drop_mastered:
                 done = mastered_groups(torch.stack([g.correct for g in groups]), f.mastered_threshold)
                 stats["filter/mastered_new"] += self.sampler.mark_mastered(
                     [g.prompt_index for g, m in zip(groups, done.tolist()) if m])
             kept += [g for g, keep in zip(groups, informative.tolist()) if keep or not f.zero_variance]
         kept = kept[:target]
-        informative_all = informative_groups(torch.stack([g.rewards for g in generated]))
         stats.update({
             "filter/groups_generated": float(len(generated)),
             "filter/groups_kept": float(len(kept)),
             "filter/groups_dropped": float(len(generated) - len(kept)) if f.zero_variance else 0.0,
-            "filter/informative_frac": informative_all.float().mean().item(),
+            "filter/informative_frac": float(np.mean(informative_flags)),
             "filter/mastered_total": float(len(self.sampler.mastered)),
         })
         return kept, generated, stats
