@@ -56,3 +56,32 @@ def select_rows(batch: dict[str, torch.Tensor], rows: Sequence[int]) -> dict[str
     part = {k: v.index_select(0, index) for k, v in batch.items()}
     width = int(part["attention_mask"].sum(1).max().item()) if len(index) else 0
     return {k: (v[:, :width] if v.ndim == 2 else v) for k, v in part.items()}
+
+
+def shard_rows(batch: dict[str, torch.Tensor], world_size: int) -> list[dict[str, torch.Tensor]]:
+    """Split rows into ``world_size`` contiguous shards of equal row count, one per learner rank.
+
+    Sharded backends run collectives in every forward, so all ranks must process the same number
+    of micro-batches: short shards are padded with copies of row 0 whose ``response_mask`` is zero
+    (no loss tokens, not counted as sequences). ``unshard_rows`` drops the padding again.
+    """
+    rows = batch["input_ids"].shape[0]
+    per_rank = -(-rows // world_size)
+    shards = []
+    for r in range(world_size):
+        index = list(range(r * per_rank, min((r + 1) * per_rank, rows)))
+        pad = per_rank - len(index)
+        shard = select_rows(batch, index + [0] * pad)
+        if pad:
+            shard["response_mask"] = shard["response_mask"].clone()
+            shard["response_mask"][len(index):] = 0.0
+        shards.append(shard)
+    return shards
+
+
+def unshard_rows(parts: Sequence[torch.Tensor], rows: int) -> torch.Tensor:
+    """Inverse of ``shard_rows`` for per-row outputs (``[rows_r, L_r]`` each): concatenated rows,
+    padding rows dropped, right-padded with zeros to the widest shard."""
+    width = max(p.shape[1] for p in parts)
+    out = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+    return out[:rows]

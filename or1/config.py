@@ -41,6 +41,9 @@ class ModelConfig:
     path: str = MISSING  # Hugging Face model directory or hub name (on clusters that reach the hub)
     dtype: str = "float32"  # dtype of the learner's master weights: float32 | bfloat16
     trust_remote_code: bool = False
+    # parameters in billions, for trainer.dry_run's memory estimate when model.path's config.json
+    # cannot be read on the planning machine (e.g. a hub name offline); None: count from the config
+    num_params_b: Optional[float] = None
 
 
 @dataclass
@@ -61,12 +64,16 @@ class RolloutConfig:
     max_response_length: int = 8192  # tokens; responses cut here are "truncated"
     max_model_len: int = 10240  # vLLM context: must hold prompt + response
     dtype: str = "bfloat16"  # vLLM weight dtype; float32 works on CPU and makes log-probs match exactly
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = 1  # GPUs per vLLM engine (on one node)
+    num_engines: int = 1  # vLLM engines; prompts are split evenly between them, a prompt's n responses stay in one
     gpu_memory_utilization: float = 0.85  # on CPU: the share of host memory vLLM may take
     cpu_kvcache_space_gib: Optional[int] = None  # sets VLLM_CPU_KVCACHE_SPACE in whole GiB (CPU only); None: vLLM default
     enforce_eager: bool = False  # True skips graph capture / compilation (faster start, used on CPU)
     enable_prefix_caching: bool = True  # the cache is reset after every weight push
-    num_cpus: float = 1  # Ray CPUs reserved for the rollout actor
+    num_cpus: float = 1  # Ray CPUs reserved for each rollout actor
+    # colocated placement on GPUs: vLLM sleeps while the learner works (1: weights to host memory and
+    # KV cache freed; 2: both freed, as the next weight push overwrites them anyway) and wakes for the push
+    sleep_level: int = 1
     vllm_log_level: str = "WARNING"  # VLLM_LOGGING_LEVEL inside the actor unless already set
     val_n: int = 1  # samples per validation prompt
     val_temperature: float = 0.0  # 0: greedy validation
@@ -84,9 +91,26 @@ class ActorConfig:
     dual_clip: Optional[float] = None  # c > 1: caps a negative-advantage token's loss at -c*A; None: off
     ppo_epochs: int = 1  # passes over each rollout batch (OR1: 1; Math-7B: 1 pass in 2 mini-batches)
     mini_batch_size: int = 0  # prompt groups per optimizer step; 0: the whole batch in one step
-    micro_batch_size: int = 8  # sequences per forward/backward; does not change the loss (token-level)
-    num_cpus: float = 1  # Ray CPUs reserved for the learner actor
-    torch_threads: int = 0  # torch intra-op threads in the learner on CPU; 0: leave torch's default
+    micro_batch_size: int = 8  # sequences per forward/backward per learner rank; does not change the loss
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (long contexts)
+
+
+@dataclass
+class LearnerConfig:
+    """How the policy is trained: the backend and the data-parallel group (what is optimised: ``actor``)."""
+
+    backend: str = "fsdp"  # fsdp (PyTorch FSDP2) | deepspeed (ZeRO, stage ``zero_stage``); same interface
+    # dtype of forward and backward: bfloat16 on GPUs (FSDP2 mixed precision / DeepSpeed bf16) keeps the
+    # master weights, gradient reduction and optimizer in model.dtype; float32: everything in float32
+    compute_dtype: str = "float32"
+    num_workers: int = 1  # data-parallel learner ranks, one Ray actor each (one GPU each on GPU clusters)
+    num_cpus: float = 1  # Ray CPUs reserved for each learner actor
+    torch_threads: int = 0  # torch intra-op threads per learner on CPU; 0: leave torch's default
+    zero_stage: int = 3  # deepspeed only: ZeRO stage (3 shards parameters, gradients and optimizer state)
+    deepspeed_config: dict[str, Any] = field(default_factory=dict)  # deepspeed only: keys merged over or1's config
+    # weight sync: parameters are gathered from the shards and sent to vLLM in buckets of about this
+    # size (whole decoder layers), so neither side ever holds a second full copy of the model
+    sync_bucket_mb: float = 512
 
 
 @dataclass
@@ -210,6 +234,13 @@ class TrainerConfig:
     experiment_name: str = "run"
     ray_address: Optional[str] = None  # join an existing Ray cluster ("auto" or host:port); None: start one
     ray_num_cpus: Optional[int] = None  # CPUs of a locally started Ray; None: all of the machine's
+    # GPU placement: colocated (learner rank i and a vLLM shard share GPU i; vLLM sleeps while the learner
+    # trains) | split (learners on the first learner.num_workers GPUs, vLLM engines on the rest)
+    placement: str = "colocated"
+    nnodes: int = 1  # nodes of the Ray cluster the run uses (multi-node: trainer.ray_address=auto)
+    gpus_per_node: int = 0  # GPUs used per node; 0: a CPU-only run (learners and vLLM on CPU cores)
+    gpu_memory_gib: float = 80.0  # memory of one GPU, for the dry-run memory estimate
+    dry_run: bool = False  # print the placement plan (actors, GPUs, memory per GPU) and exit
     save_final: bool = True  # write the final policy in Hugging Face format to output_dir/final
     save_every: int = 0  # full checkpoint every k steps (0: only at the end); see or1/checkpoint.py
     keep_last: int = 3  # complete checkpoints kept (older ones deleted); 0 keeps all
@@ -229,6 +260,7 @@ class OR1Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

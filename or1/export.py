@@ -18,9 +18,9 @@ from or1.checkpoint import resolve_resume
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str | None = None) -> Path:
     import torch.distributed.checkpoint as dcp
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from or1.workers.learner import torch_dtype
+    from or1.workers.backends import torch_dtype
 
     path = resolve_resume(str(ckpt), ckpt)
     if path is None:
@@ -32,11 +32,22 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str | None = Non
     model.load_state_dict(state["model"])
     if dtype:
         model.to(torch_dtype(dtype))
+    return write_hf_dir(model, None, out, path / "hf")
+
+
+def write_hf_dir(model, state_dict: dict | None, out: str | Path, tokenizer_path: str | Path | None) -> Path:
+    """Save ``model`` (with ``state_dict`` if given) and the tokenizer as a Hugging Face directory.
+
+    Written under a temporary name and renamed, so ``out`` is never a half-written model.
+    """
+    from transformers import AutoTokenizer
+
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(path / "hf").save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
+    if tokenizer_path:
+        AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

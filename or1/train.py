@@ -44,6 +44,11 @@ def run(cfg) -> dict:
     from or1.trainer import Trainer
 
     typed: OR1Config = OmegaConf.to_object(cfg)
+    if typed.trainer.dry_run:
+        from or1.placement import describe, model_shape, plan_placement
+
+        print(describe(typed, plan_placement(typed), model_shape(typed)))
+        return {}
     if typed.tiny.enabled:
         bootstrap_tiny(typed)
     trainer = Trainer(typed)
@@ -75,7 +80,7 @@ def _translate_argv(argv: list[str]) -> list[str]:
         else:
             rest.append(arg)
     if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
-        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not p.stem.startswith("_"))
         raise SystemExit(f"unknown recipe {recipe!r}; recipes in {RECIPES_DIR}: {', '.join(known)}")
     if ("--cfg" in flags or "-c" in flags) and "--resolve" not in flags:
         flags.append("--resolve")  # print values, not ${...} interpolations

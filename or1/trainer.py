@@ -85,8 +85,7 @@ class Trainer:
         import ray
         from transformers import AutoTokenizer
 
-        from or1.workers.learner import Learner
-        from or1.workers.rollout import RolloutWorker
+        from or1.placement import check_cluster, plan_placement, start_workers
 
         self.cfg = cfg
         algo = cfg.algorithm
@@ -94,6 +93,9 @@ class Trainer:
         os.makedirs(self.output_dir, exist_ok=True)
         # Everything that can be checked cheaply is checked before any actor starts.
         validate_algorithm_config(cfg)
+        self.plan = plan_placement(cfg)
+        connect_ray(cfg)
+        check_cluster(self.plan, ray.nodes())  # before anything heavy: say what is missing, do not hang
         self.rewards = RewardManager(cfg.reward)  # imports and checks every reward function
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path,
                                                        trust_remote_code=cfg.model.trust_remote_code)
@@ -113,18 +115,16 @@ class Trainer:
         if resume_from is not None:
             check_resume_compatible(resume_from, cfg)  # before anything expensive starts
 
-        if not ray.is_initialized():
-            ray.init(address=cfg.trainer.ray_address, num_cpus=cfg.trainer.ray_num_cpus,
-                     include_dashboard=False, logging_level=logging.WARNING)
         t0 = time.time()
-        self.rollout = ray.remote(num_cpus=cfg.rollout.num_cpus)(RolloutWorker).remote(
-            cfg.model.path, cfg.rollout, cfg.trainer.seed)
-        self.learner = ray.remote(num_cpus=cfg.actor.num_cpus)(Learner).remote(
-            cfg.model, cfg.actor, 0, 1, "127.0.0.1", free_port(), cfg.trainer.seed, cfg.algorithm)
+        self.learners, self.rollouts = start_workers(cfg, self.plan)
+        # colocated on GPUs: vLLM gives its memory back while the learners work
+        self.sleeps = self.plan.mode == "colocated"
         self.rewards.start_reward_models()
-        ray.get(self.rollout.ready.remote())
-        ray.get(self.learner.__ray_ready__.remote())
-        log.info("actors ready in %.1fs (rollout: vLLM, learner: FSDP2)", time.time() - t0)
+        ray.get([a.ready.remote() for a in self.rollouts.actors]
+                + [a.__ray_ready__.remote() for a in self.learners.actors])
+        log.info("actors ready in %.1fs: %d vLLM engine(s), %d %s learner rank(s), placement %s",
+                 time.time() - t0, len(self.rollouts.actors), self.learners.world_size, cfg.learner.backend,
+                 self.plan.mode)
         self.step = 0
         self.run_id = uuid.uuid4().hex[:12]
         self.checkpoints = CheckpointDirs(self.output_dir)
@@ -145,21 +145,22 @@ class Trainer:
 
     def generate(self, data: PromptDataset, indices: list[int], n: int, temperature: float,
                  seeds: list[int] | None, max_tokens: int) -> list[Sample]:
-        import ray
-
         prompts = [data.prompt_ids[i] for i in indices]
-        return ray.get(self.rollout.generate.remote(prompts, n, temperature, self.cfg.rollout.top_p,
-                                                    max_tokens, seeds))
+        return self.rollouts.generate(prompts, n, temperature, self.cfg.rollout.top_p, max_tokens, seeds)
 
     def score(self, data: PromptDataset, indices: list[int], samples: list[Sample]) -> RewardScores:
         texts = self.tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
         return self.rewards.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
 
-    def sync_weights(self) -> int:
-        import ray
-
-        payload = self.learner.export_weights.remote(self.cfg.rollout.dtype)  # stays in Ray's store
-        return ray.get(self.rollout.update_weights.remote(payload))
+    def sync_weights(self) -> dict[str, float]:
+        """Push the learners' policy into every vLLM engine (bucketed; see LearnerGroup.push_weights)."""
+        asleep = self.rollouts.asleep
+        if asleep:
+            self.rollouts.wake_up(["weights"])  # weights first: the KV cache is not needed for the push
+        stats = self.learners.push_weights(self.rollouts, self.cfg.rollout.dtype, self.cfg.learner.sync_bucket_mb)
+        if asleep:
+            self.rollouts.wake_up(["kv_cache"])
+        return stats
 
     def validate(self) -> dict[str, float]:
         if self.val_data is None:
@@ -255,8 +256,6 @@ class Trainer:
         return groups + replayed, len(replayed)
 
     def train_step(self) -> dict[str, float]:
-        import ray
-
         algo = self.cfg.algorithm
         timings: dict[str, float] = {}
         t_step = time.time()
@@ -295,10 +294,14 @@ class Trainer:
                              for g, i in rows])
         fresh = torch.tensor([g.rollout_log_probs is not None for g, _ in rows]).unsqueeze(1)
 
+        if self.sleeps:
+            t = time.time()
+            self.rollouts.sleep(self.cfg.rollout.sleep_level)
+            timings["time/rollout_sleep"] = time.time() - t
         t = time.time()
-        batch["old_log_probs"] = ray.get(self.learner.compute_log_probs.remote(batch))
+        batch["old_log_probs"] = self.learners.compute_log_probs(batch)
         if algo.use_kl_loss:
-            batch["ref_log_probs"] = ray.get(self.learner.compute_log_probs.remote(batch, reference=True))
+            batch["ref_log_probs"] = self.learners.compute_log_probs(batch, reference=True)
         timings["time/old_log_prob"] = time.time() - t
 
         mask = batch["response_mask"]
@@ -316,9 +319,7 @@ class Trainer:
         if algo.entropy.adaptive:
             self.entropy_ctl.update(rollout_entropy)
 
-        t = time.time()
-        synced_bytes = self.sync_weights()
-        timings["time/sync"] = time.time() - t
+        sync_stats = self.sync_weights()
 
         metrics.update({
             "adv/abs_mean": (batch["advantages"].abs()).mean().item(),
@@ -328,8 +329,7 @@ class Trainer:
             "rollout/entropy_estimate": rollout_entropy,
             "actor/entropy_coef": entropy_coef,
             "entropy/controller_coef": self.entropy_ctl.coef if algo.entropy.adaptive else entropy_coef,
-            "sync/bytes": float(synced_bytes),
-            **actor_metrics, **timings,
+            **sync_stats, **actor_metrics, **timings,
         })
         metrics["time/step"] = time.time() - t_step
         return metrics
@@ -340,8 +340,6 @@ class Trainer:
         Groups stay whole inside a mini-batch. With one epoch and one mini-batch (OR1's default)
         the batch is used as is; otherwise the group order is reshuffled every epoch (seeded).
         """
-        import ray
-
         actor = self.cfg.actor
         rows_per_group = batch["input_ids"].shape[0] // num_groups
         mb = actor.mini_batch_size or num_groups
@@ -352,7 +350,7 @@ class Trainer:
                 else rng.permutation(num_groups)
             for start in range(0, num_groups, mb):
                 rows = [int(g) * rows_per_group + i for g in order[start:start + mb] for i in range(rows_per_group)]
-                results.append(ray.get(self.learner.update.remote(select_rows(batch, rows), entropy_coef)))
+                results.append(self.learners.update(select_rows(batch, rows), entropy_coef))
         merged = {k: float(np.mean([r[k] for r in results if k in r])) for k in results[0]}
         merged["actor/num_updates"] = float(len(results))
         return merged
@@ -377,9 +375,7 @@ class Trainer:
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.total_steps:
                 self.save_checkpoint()
         if cfg.save_final:
-            import ray
-
-            path = ray.get(self.learner.save_hf.remote(os.path.join(self.output_dir, "final"), self.cfg.model.path))
+            path = self.learners.save_hf(os.path.join(self.output_dir, "final"), self.cfg.model.path)
             with open(os.path.join(path, STATE_FILE), "w") as f:
                 json.dump(self.state_dict(), f)
             log.info("final policy and trainer state written to %s", path)
@@ -395,7 +391,8 @@ class Trainer:
             "entropy_controller": self.entropy_ctl.state_dict(),
             "sample_buffer": self.buffer.state_dict() if self.buffer is not None else None,
             "run_id": self.run_id,
-            "world_size": 1,
+            "world_size": self.cfg.learner.num_workers,
+            "learner_backend": self.cfg.learner.backend,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -413,12 +410,11 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """A complete, atomic checkpoint of this step (see or1/checkpoint.py for the layout)."""
-        import ray
         from transformers import AutoConfig
 
         t0 = time.time()
         tmp = self.checkpoints.begin(self.step)
-        ray.get(self.learner.save_checkpoint.remote(str(tmp)))
+        self.learners.save_checkpoint(str(tmp))
         if os.environ.get(FAULT_ENV) == f"after_shards:{self.step}":
             os.kill(os.getpid(), signal.SIGKILL)
         AutoConfig.from_pretrained(self.cfg.model.path, trust_remote_code=self.cfg.model.trust_remote_code
@@ -432,13 +428,11 @@ class Trainer:
         return final
 
     def resume(self, path: Path | None) -> bool:
-        """Load a checkpoint into the learner, the driver and vLLM; False when starting fresh."""
-        import ray
-
+        """Load a checkpoint into the learners, the driver and vLLM; False when starting fresh."""
         if path is None:
             return False
         state = json.loads((path / STATE_FILE).read_text())
-        ray.get(self.learner.load_checkpoint.remote(str(path)))
+        self.learners.load_checkpoint(str(path))
         self.load_state_dict(state)
         self.sync_weights()  # vLLM started from model.path; give it the checkpoint's policy
         log.info("resumed from %s at step %d", path, self.step)
@@ -447,11 +441,27 @@ class Trainer:
     def shutdown(self) -> None:
         import ray
 
-        for actor in (getattr(self, "rollout", None), getattr(self, "learner", None)):
-            if actor is not None:
+        for group in (getattr(self, "rollouts", None), getattr(self, "learners", None)):
+            for actor in group.actors if group is not None else []:
                 ray.kill(actor)
         if getattr(self, "rewards", None) is not None:
             self.rewards.close()
+
+
+def connect_ray(cfg: OR1Config) -> None:
+    """Join the cluster at ``trainer.ray_address`` or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.trainer.ray_address
+    try:
+        ray.init(address=address, num_cpus=None if address else cfg.trainer.ray_num_cpus,
+                 include_dashboard=False, logging_level=logging.WARNING)
+    except ConnectionError as e:
+        raise RuntimeError(f"trainer.ray_address={address!r}: no running Ray cluster reachable ({e}). Start one "
+                           "(`ray start --head` here, `ray start --address=HEAD:6379` on the other nodes) or set "
+                           "trainer.ray_address=null to start a local Ray") from None
 
 
 ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -469,9 +479,17 @@ def check_resume_compatible(path: Path, cfg: OR1Config) -> None:
         raise ValueError(f"checkpoint {path} is of another model than model.path={cfg.model.path!r}: "
                          + ", ".join(f"{k} {a} != {b}" for k, (a, b) in different.items()))
     state = json.loads((path / STATE_FILE).read_text())
-    if state.get("world_size", 1) != 1:
-        raise ValueError(f"checkpoint {path} was written by {state['world_size']} learner ranks; "
-                         f"this run has 1 (resharding on load is not supported yet)")
+    saved_backend, backend = state.get("learner_backend", "fsdp"), cfg.learner.backend
+    if saved_backend != backend:
+        raise ValueError(f"checkpoint {path} was written by the {saved_backend} learner backend; this run uses "
+                         f"learner.backend={backend} (export it with `python -m or1.export` and start from the "
+                         f"exported model instead)")
+    saved_world, world = state.get("world_size", 1), cfg.learner.num_workers
+    if saved_world != world:
+        if backend != "fsdp":
+            raise ValueError(f"checkpoint {path} was written by {saved_world} learner ranks; this run has {world}, "
+                             f"and DeepSpeed checkpoints load only at the same world size")
+        log.info("resume: %d learner ranks load a checkpoint of %d (FSDP2 reshards on load)", world, saved_world)
     before = _flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True))
     now = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
     for key in sorted(set(before) | set(now)):

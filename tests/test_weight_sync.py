@@ -1,17 +1,20 @@
-"""After a weight push, vLLM's log-probs equal the learner's; before it, with changed weights, not.
+"""After a weight push every vLLM engine's log-probs equal the learners'; before it, with changed
+weights, they do not.
 
-Real Ray actors, a real vLLM engine and the FSDP2 learner. vLLM runs in float32 here so the
-tolerance can be tight: 1e-4 nats per token (measured: ~4e-7). The learner's update is a real
+Real Ray actors: two FSDP2 learner ranks (gloo) and two vLLM engines. vLLM runs in float32 so
+the tolerance can be tight: 1e-4 nats per token (measured: ~4e-7). The learners' update is a real
 optimizer step that changes every parameter, the tied embedding / LM head included (vLLM's CPU
-path keeps a packed copy of that head, which a naive reload leaves stale).
+path keeps a packed copy of that head, which a naive reload leaves stale). The push goes in
+buckets far smaller than the model, so partial reloads must leave the other layers intact.
 """
 
 import pytest
 import torch
 
 from or1.batch import build_batch
-from or1.config import ActorConfig, ModelConfig, RolloutConfig
+from or1.config import ActorConfig, LearnerConfig, ModelConfig, RolloutConfig
 from or1.data.dataset import render_prompt
+from or1.workers.group import LearnerGroup, RolloutGroup
 
 from .conftest import free_port
 
@@ -20,48 +23,59 @@ TOL = 1e-4
 pytestmark = pytest.mark.slow
 
 
-def test_weight_push_makes_vllm_match_learner(tiny_model, ray_local):
+def test_bucketed_push_makes_every_engine_match_the_learners(tiny_model, ray_local):
     ray = ray_local
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from or1.workers.learner import Learner
     from or1.workers.rollout import RolloutWorker
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    rollout = ray.remote(num_cpus=1)(RolloutWorker).remote(
-        str(tiny_model), RolloutConfig(max_model_len=64, dtype="float32", gpu_memory_utilization=0.05,
-                                       cpu_kvcache_space_gib=1, enforce_eager=True))
-    learner = ray.remote(num_cpus=1)(Learner).remote(
+    rollout_cfg = RolloutConfig(max_model_len=64, dtype="float32", gpu_memory_utilization=0.05,
+                                cpu_kvcache_space_gib=1, enforce_eager=True)
+    engines = RolloutGroup([ray.remote(num_cpus=0.5)(RolloutWorker).remote(str(tiny_model), rollout_cfg, seed)
+                            for seed in range(2)])
+    port = free_port()
+    learners = LearnerGroup([ray.remote(num_cpus=0.5)(Learner).remote(
         ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-2, weight_decay=0.0, micro_batch_size=64),
-        0, 1, "127.0.0.1", free_port(), 0)
+        rank, 2, "127.0.0.1", port, 0, None, LearnerConfig(num_workers=2, torch_threads=1)) for rank in range(2)])
     prompts = [render_prompt(tok, p, True) for p in ["1+2", "17+25", "9-4", "30+30"]]
-    assert not ray.get(learner.has_reference_model.remote())  # KL off (OR1's default): no reference policy
+    assert not learners.has_reference_model()  # KL off (OR1's default): no reference policy
 
-    def vllm_vs_learner(seed: int):
-        samples = ray.get(rollout.generate.remote(prompts, 4, 1.0, 1.0, 12, [seed + i for i in range(4)]))
-        batch = build_batch([prompts[s.prompt_index] for s in samples], [s.token_ids for s in samples],
-                            tok.pad_token_id, torch.zeros(len(samples)), [s.logprobs for s in samples])
-        learner_lp = ray.get(learner.compute_log_probs.remote(batch))
-        mask = batch["response_mask"].bool()
-        assert mask.sum() > 20
-        return (learner_lp - batch["rollout_log_probs"])[mask].abs().max().item(), batch, learner_lp
+    def gaps(seed: int):
+        """Per engine: the largest |vLLM log-prob - learners' log-prob| over its sampled tokens."""
+        out = []
+        for e, engine in enumerate(engines.actors):
+            samples = ray.get(engine.generate.remote(prompts, 4, 1.0, 1.0, 12, [seed + 10 * e + i for i in range(4)]))
+            batch = build_batch([prompts[s.prompt_index] for s in samples], [s.token_ids for s in samples],
+                                tok.pad_token_id, torch.zeros(len(samples)), [s.logprobs for s in samples])
+            learner_lp = learners.compute_log_probs(batch)
+            mask = batch["response_mask"].bool()
+            assert mask.sum() > 20
+            out.append(((learner_lp - batch["rollout_log_probs"])[mask].abs().max().item(), batch, learner_lp))
+        return out
 
-    gap, batch, learner_lp = vllm_vs_learner(0)
-    assert gap < TOL, f"fresh engine and learner disagree by {gap}"
+    fresh = gaps(0)
+    assert max(g for g, _, _ in fresh) < TOL, f"fresh engines and learners disagree: {[g for g, _, _ in fresh]}"
 
+    _, batch, learner_lp = fresh[0]
     batch["advantages"] = torch.randn(batch["input_ids"].shape[0], generator=torch.Generator().manual_seed(0))
     batch["old_log_probs"] = learner_lp
-    ray.get(learner.update.remote(batch))
+    learners.update(batch, 0.0)
 
-    stale_gap, _, _ = vllm_vs_learner(1)
-    assert stale_gap > 100 * TOL, "the learner's update did not change its log-probs; the test proves nothing"
+    stale = [g for g, _, _ in gaps(1)]
+    assert min(stale) > 100 * TOL, "the learners' update did not change their log-probs; the test proves nothing"
 
-    nbytes = ray.get(rollout.update_weights.remote(learner.export_weights.remote("float32")))
-    n_params = sum(p.numel() for p in
-                   __import__("transformers").AutoModelForCausalLM.from_pretrained(tiny_model).parameters())
-    assert nbytes == 4 * n_params  # every parameter, once (tied head not duplicated)
+    stats = learners.push_weights(engines, "float32", bucket_mb=0.2)
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters())
+    assert stats["sync/bytes"] == 4 * n_params  # every parameter, once (tied head not duplicated)
+    assert stats["sync/buckets"] >= 3  # the embedding and each decoder layer travelled separately
 
-    synced_gap, _, _ = vllm_vs_learner(2)
-    assert synced_gap < TOL, f"after the push vLLM and learner still disagree by {synced_gap}"
-    ray.kill(rollout)
-    ray.kill(learner)
+    synced = [g for g, _, _ in gaps(2)]
+    assert max(synced) < TOL, f"after the push engines and learners still disagree: {synced}"
+    embed = "model.embed_tokens.weight"
+    learner_sum = float(ray.get([a.full_parameters.remote() for a in learners.actors])[0][embed].double().sum())
+    for sums in engines.weight_checksums([embed]):
+        assert sums[embed] == pytest.approx(learner_sum, rel=1e-9, abs=1e-6)
+    for actor in engines.actors + learners.actors:
+        ray.kill(actor)

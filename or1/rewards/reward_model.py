@@ -18,7 +18,7 @@ class RewardModelWorker:
     def __init__(self, path: str, dtype: str = "float32", batch_size: int = 16, max_length: int = 4096):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from or1.workers.learner import torch_dtype
+        from or1.workers.backends import torch_dtype
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(path)

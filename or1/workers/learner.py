@@ -1,8 +1,10 @@
-"""The learner: a Ray actor that owns the policy in torch, sharded with FSDP2.
+"""The learner: a Ray actor that owns one data-parallel rank of the policy in torch.
 
-One actor per data-parallel rank. The process group is NCCL on GPUs and gloo on CPU; with world
-size 1 on CPU the same code path runs (FSDP2 over a one-rank mesh), so what CI tests is what
-runs on clusters. The maths lives in ``or1.algo``; this file only moves tensors through it.
+One actor per rank; the backend (``learner.backend``: FSDP2 or DeepSpeed ZeRO, see backends.py)
+shards the model over all ranks. The process group is NCCL on GPUs and gloo on CPU; the same
+code runs on both, so what CI tests on CPU is what runs on clusters. The maths lives in
+``or1.algo``; this file only moves tensors through it. The driver talks to all ranks at once
+through ``or1.workers.group.LearnerGroup``.
 """
 
 from __future__ import annotations
@@ -15,16 +17,14 @@ import torch.distributed as dist
 
 from or1.algo.losses import aggregate_loss, kl_penalty, ppo_clip_loss, token_log_probs_and_entropy
 from or1.batch import slice_batch
-from or1.config import ActorConfig, AlgorithmConfig, ModelConfig
+from or1.config import ActorConfig, AlgorithmConfig, LearnerConfig, ModelConfig
+from or1.workers.backends import make_backend, torch_dtype, weight_buckets
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Metrics each rank reports as its share of a global sum (the group adds them up); every other
+# metric is the same on all ranks (grad norm, lr, token counts) or a time (the group takes the max).
+RANK_PARTIAL_METRICS = ("actor/pg_loss", "actor/entropy", "actor/clipfrac", "actor/approx_kl", "actor/kl_loss")
 
-
-def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+__all__ = ["Learner", "RANK_PARTIAL_METRICS"]
 
 
 class Learner:
@@ -32,46 +32,27 @@ class Learner:
 
     def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, rank: int = 0, world_size: int = 1,
                  master_addr: str = "127.0.0.1", master_port: int = 29500, seed: int = 0,
-                 algo_cfg: AlgorithmConfig | None = None):
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        from transformers import AutoModelForCausalLM
-
+                 algo_cfg: AlgorithmConfig | None = None, learner_cfg: LearnerConfig | None = None):
         self.cfg = actor_cfg
+        self.learner_cfg = learner_cfg or LearnerConfig()
         self.algo = algo_cfg or AlgorithmConfig()
         self.rank, self.world_size = rank, world_size
-        if actor_cfg.torch_threads > 0:
-            torch.set_num_threads(actor_cfg.torch_threads)
+        if self.learner_cfg.torch_threads > 0:
+            torch.set_num_threads(self.learner_cfg.torch_threads)
         torch.manual_seed(seed)
+        # Inside a Ray actor each rank sees only its own GPU (device 0). DeepSpeed reads these.
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
                                     init_method=f"tcp://{master_addr}:{master_port}",
                                     rank=rank, world_size=world_size)
-        mesh = init_device_mesh(self.device.type, (world_size,))
-
-        def load_sharded():
-            model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=torch_dtype(model_cfg.dtype),
-                                                         trust_remote_code=model_cfg.trust_remote_code)
-            model.to(self.device)
-            # Shard each decoder layer, then the root (embeddings, final norm, head): the usual FSDP2 unit.
-            for layer in model.model.layers:
-                fully_shard(layer, mesh=mesh)
-            fully_shard(model, mesh=mesh)
-            return model
-
-        self.model = model = load_sharded()
         # The frozen reference policy exists only when the KL loss is on (OR1 runs without it).
-        self.ref_model = None
-        if self.algo.use_kl_loss:
-            self.ref_model = load_sharded().eval()
-            self.ref_model.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=actor_cfg.lr, betas=tuple(actor_cfg.betas),
-                                           weight_decay=actor_cfg.weight_decay)
-        warmup = actor_cfg.lr_warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup > 0 else 1.0)
+        self.backend = make_backend(self.learner_cfg.backend, model_cfg, actor_cfg, self.learner_cfg,
+                                    self.device, world_size, with_reference=self.algo.use_kl_loss)
+        self.model, self.ref_model = self.backend.model, self.backend.ref_model
 
     def has_reference_model(self) -> bool:
         return self.ref_model is not None
@@ -100,19 +81,21 @@ class Learner:
 
     # --- the policy update -----------------------------------------------------------------
     def update(self, batch: dict[str, torch.Tensor], entropy_coef: float = 0.0) -> dict[str, float]:
-        """One optimizer step on ``batch`` (needs ``old_log_probs`` and ``advantages``; with the
-        KL loss on, ``ref_log_probs`` too).
+        """One optimizer step on this rank's share of the batch (needs ``old_log_probs`` and
+        ``advantages``; with the KL loss on, ``ref_log_probs`` too). Every rank calls it together,
+        with the same number of rows (``or1.batch.shard_rows`` pads).
 
             loss = agg(clipped PG) - entropy_coef * agg(entropy) + kl_coef * agg(KL)
 
         ``agg`` (``algorithm.loss_agg_mode``) normalises by token / sequence counts of the whole
-        batch (all micro-batches, all ranks), so gradient accumulation reproduces the
-        single-batch gradient exactly (OR1's token_mean: every response token weighs the same).
+        batch (all micro-batches, all ranks), so gradient accumulation and data parallelism
+        reproduce the single-batch gradient exactly (OR1's token_mean: every response token
+        weighs the same). Rows without response tokens (padding rows) count for nothing.
         """
         t0 = time.time()
         self.model.train()
         mask_all = batch["response_mask"]
-        counts = torch.stack([mask_all.sum(), torch.tensor(float(mask_all.shape[0]))])
+        counts = torch.stack([mask_all.sum(), (mask_all.sum(1) > 0).sum().float()])
         if self.world_size > 1:
             counts = counts.to(self.device)
             dist.all_reduce(counts)
@@ -127,9 +110,10 @@ class Learner:
             return aggregate_loss(values, mask, mode, num_tokens, num_seqs)
 
         sums = {"pg_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "kl_loss": 0.0}
-        self.optimizer.zero_grad(set_to_none=True)
+        self.backend.zero_grad()
         mbs = self.cfg.micro_batch_size
-        for start in range(0, mask_all.shape[0], mbs):
+        starts = range(0, mask_all.shape[0], mbs)
+        for start in starts:
             mb = slice_batch(batch, start, start + mbs)
             mask = mb["response_mask"].to(self.device)
             logp, entropy = self._forward(mb, with_entropy=True)
@@ -143,7 +127,8 @@ class Learner:
                 kl_loss = agg(kl_penalty(logp, mb["ref_log_probs"].to(self.device), self.algo.kl_estimator), mask)
                 loss = loss + self.algo.kl_coef * kl_loss
                 sums["kl_loss"] += kl_loss.item()
-            loss.backward()
+            # the backends average gradients over ranks; the loss is already a global mean
+            self.backend.backward(loss * self.world_size, last_micro_batch=start == starts[-1])
             with torch.no_grad():
                 sums["pg_loss"] += pg_loss.item()
                 # logged as a plain token mean whatever the aggregation, so runs stay comparable
@@ -152,8 +137,8 @@ class Learner:
                 # k3 estimator of KL(old || new), a health signal only
                 log_ratio = logp - old
                 sums["approx_kl"] += agg(torch.exp(log_ratio) - 1 - log_ratio, mask).item()
-        lr_used = self.optimizer.param_groups[0]["lr"]
-        grad_norm = self._clip_and_step()
+        lr_used = self.backend.lr()
+        grad_norm = self.backend.step(self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
         if not use_kl:
             del sums["kl_loss"]
         metrics = {f"actor/{k}": v for k, v in sums.items()}
@@ -164,82 +149,64 @@ class Learner:
         metrics["time/learner_update"] = time.time() - t0
         return metrics
 
-    def _clip_and_step(self) -> float:
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        norm = float(norm)
-        if not torch.isfinite(torch.tensor(norm)):
-            # A non-finite gradient would poison the weights; skip the step and say so.
-            self.optimizer.zero_grad(set_to_none=True)
-            return norm
-        self.optimizer.step()
-        self.scheduler.step()
-        return norm
-
     # --- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, path: str) -> None:
-        """Sharded model and optimizer state with torch distributed checkpoint (every rank writes
-        its own shards; nothing is gathered, so saving does not add a full copy to memory), plus
-        this rank's LR scheduler and torch RNG states. All ranks must call it."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(path, "learner"))
-        torch.save({"cpu": torch.get_rng_state(), "scheduler": self.scheduler.state_dict(),
+        """Sharded model and optimizer state (every rank writes its own shards; nothing is
+        gathered), plus this rank's LR scheduler and torch RNG states. All ranks must call it."""
+        self.backend.save(path)
+        torch.save({"cpu": torch.get_rng_state(), "scheduler": self.backend.scheduler.state_dict(),
                     "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
                    os.path.join(path, f"rank{self.rank}_state.pt"))
 
     def load_checkpoint(self, path: str) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=os.path.join(path, "learner"))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
-        extra = torch.load(os.path.join(path, f"rank{self.rank}_state.pt"), weights_only=False)
+        self.backend.load(path)
+        # A checkpoint of fewer ranks (FSDP2 reshards on load) has no state file for this rank:
+        # the schedule is the same on every rank, and the RNG state only feeds dropout.
+        rank_file = os.path.join(path, f"rank{self.rank}_state.pt")
+        extra = torch.load(rank_file if os.path.exists(rank_file) else os.path.join(path, "rank0_state.pt"),
+                           weights_only=False)
         torch.set_rng_state(extra["cpu"])
         if extra["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(extra["cuda"])
-        self.scheduler.load_state_dict(extra["scheduler"])
+        self.backend.scheduler.load_state_dict(extra["scheduler"])
 
     # --- weights out -------------------------------------------------------------------------
+    def weight_bucket_plan(self, dtype: str, bucket_mb: float) -> list[list[str]]:
+        """Parameter names in sync buckets of about ``bucket_mb`` MiB (whole decoder layers)."""
+        return weight_buckets(self.backend.parameter_shapes(), torch_dtype(dtype).itemsize,
+                              int(bucket_mb * 2**20))
+
+    def export_bucket(self, names: list[str], dtype: str) -> bytes | None:
+        """The named parameters, gathered from all ranks and serialised for
+        ``RolloutWorker.update_weights``. A collective: every rank calls it; rank 0 returns the
+        bytes, the others None (so only one copy enters Ray's object store)."""
+        from or1.workers.rollout import serialize_weights
+
+        full = self.backend.gather(names)
+        if self.rank != 0:
+            return None
+        return serialize_weights({n: t.to(torch_dtype(dtype)).cpu() for n, t in full.items()})
+
     def full_parameters(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Unsharded parameters by Hugging Face name (tied weights once), on CPU.
 
         Every rank must call this (gathering is a collective); all ranks get the full tensors.
         """
-        out = {}
-        for name, param in self.model.named_parameters():
-            full = param.full_tensor() if hasattr(param, "full_tensor") else param
-            full = full.detach()
-            out[name] = (full.to(dtype) if dtype is not None else full).cpu()
-        return out
+        full = self.backend.gather([n for n, _ in self.backend.parameter_shapes()])
+        return {n: (t.to(dtype) if dtype is not None else t).cpu() for n, t in full.items()}
 
     def export_weights(self, dtype: str) -> bytes:
-        """The policy serialised for ``RolloutWorker.update_weights`` (rank 0's copy)."""
+        """The whole policy serialised for ``RolloutWorker.update_weights`` (rank 0's copy)."""
         from or1.workers.rollout import serialize_weights
 
         return serialize_weights(self.full_parameters(torch_dtype(dtype)))
 
     def save_hf(self, out_dir: str, tokenizer_path: str | None = None) -> str:
-        """Write the policy as a Hugging Face model directory (loadable by transformers and vLLM)."""
-        from transformers import AutoTokenizer
+        """Write the policy as a Hugging Face model directory (loadable by transformers and vLLM).
+        A collective (the weights are gathered); rank 0 writes."""
+        from or1.export import write_hf_dir
 
         params = self.full_parameters()
         if self.rank == 0:
-            tmp = out_dir + ".tmp"
-            os.makedirs(tmp, exist_ok=True)
-            self.model.save_pretrained(tmp, state_dict=params)
-            if tokenizer_path:
-                AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
-            if os.path.exists(out_dir):
-                import shutil
-
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
+            write_hf_dir(self.backend.hf_model, params, out_dir, tokenizer_path)
         return out_dir

@@ -34,11 +34,23 @@ def serialize_weights(named_tensors: dict) -> bytes:
 class RolloutWorker:
     """Wrapped with ``ray.remote`` by the driver; plain class so it stays importable and testable."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0):
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, sleep_mode: bool = False,
+                 ray_bundle_indices: list[int] | None = None):
+        """``sleep_mode``: colocated with a learner on GPUs (``sleep``/``wake_up`` free and restore
+        the engine's memory). ``ray_bundle_indices``: on GPUs, the placement-group bundles (one
+        GPU each) vLLM's Ray executor uses for this engine's tensor-parallel workers."""
         os.environ.setdefault("VLLM_LOGGING_LEVEL", cfg.vllm_log_level)
         if cfg.cpu_kvcache_space_gib is not None:
             # Must be set before vLLM reads its environment; it bounds the CPU KV cache.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)
+        extra = {}
+        if ray_bundle_indices is not None:
+            # vLLM's Ray executor places its workers on these bundles of the current placement group
+            os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(map(str, ray_bundle_indices))
+            os.environ["VLLM_RAY_PER_WORKER_GPUS"] = "0.5" if sleep_mode else "1"
+            extra["distributed_executor_backend"] = "ray"
+        if sleep_mode:
+            extra["enable_sleep_mode"] = True
         from vllm import LLM
 
         self.cfg = cfg
@@ -53,6 +65,7 @@ class RolloutWorker:
             seed=seed,
             worker_extension_cls="or1.workers.vllm_extension.WeightSyncExtension",
             enable_prefix_caching=cfg.enable_prefix_caching,
+            **extra,
         )
         self.startup_seconds = time.time() - t0
 
@@ -80,15 +93,24 @@ class RolloutWorker:
                 samples.append(Sample(i, tokens, lps, completion.finish_reason == "length"))
         return samples
 
-    def update_weights(self, payload: bytes) -> int:
+    def update_weights(self, payload: bytes, last: bool = True) -> int:
         """Load new weights (a safetensors buffer, see ``serialize_weights``) in place.
 
-        Returns the number of bytes loaded. Drops cached KV computed with the old weights.
+        A push may come in several buckets, each holding whole layers; ``last`` marks the final
+        one, after which derived state is refreshed. Returns the number of bytes loaded.
         """
-        loaded = self.llm.collective_rpc("or1_update_weights", args=(payload,))
-        # Prefix-cache entries were computed with the old weights; reusing them would mix policies.
-        self.llm.reset_prefix_cache()
+        loaded = self.llm.collective_rpc("or1_update_weights", args=(payload, last))
+        if last:
+            # Prefix-cache entries were computed with the old weights; reusing them would mix policies.
+            self.llm.reset_prefix_cache()
         return int(loaded[0])
+
+    def sleep(self, level: int) -> None:
+        """Free the engine's GPU memory while the learner trains (colocated placement)."""
+        self.llm.sleep(level=level)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.llm.wake_up(tags=tags)
 
     def weight_checksum(self, names: list[str]) -> dict[str, float]:
         return self.llm.collective_rpc("or1_weight_checksum", args=(names,))[0]

@@ -12,8 +12,11 @@ import torch
 
 
 class WeightSyncExtension:
-    def or1_update_weights(self, payload: bytes) -> int:
+    def or1_update_weights(self, payload: bytes, last: bool = True) -> int:
         """Load a safetensors-serialised set of Hugging Face-named tensors in place; returns bytes.
+
+        The set may be part of the model (a bucket of whole decoder layers): layers absent from it
+        keep their current weights. ``last`` marks the final bucket of a push.
 
         Tensors travel as one safetensors buffer because ``collective_rpc``'s msgpack transport
         does not carry tensors nested in containers; bytes pass through it unchanged.
@@ -30,7 +33,8 @@ class WeightSyncExtension:
         named_tensors = load(payload)
         self.model_runner.reload_weights(weights_iterator=iter(named_tensors.items()),
                                          is_checkpoint_format=True)
-        _repack_cpu_gemms_that_keep_weights(self.model_runner.get_model())
+        if last:
+            _repack_cpu_gemms_that_keep_weights(self.model_runner.get_model())
         return sum(t.numel() * t.element_size() for t in named_tensors.values())
 
     def or1_weight_checksum(self, names: list[str]) -> dict[str, float]:

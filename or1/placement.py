@@ -1,0 +1,289 @@
+"""Where the learner ranks and vLLM engines run, how much memory they need, and starting them.
+
+``plan_placement`` is a pure function of the config: which GPU (or how many CPU cores) every
+actor gets. ``trainer.dry_run=true`` prints it with a memory estimate per GPU and exits;
+a real launch checks it against the Ray cluster first (``check_cluster``) and fails with a
+message naming what is missing before anything starts. ``start_workers`` then creates the
+actors with Ray placement groups (one per node, one bundle per GPU).
+
+Layouts on GPUs (G = trainer.nnodes x trainer.gpus_per_node):
+- colocated: learner rank i on GPU i (all G GPUs) and vLLM engine j on GPUs [j*t, (j+1)*t) (all G
+  GPUs, t = rollout.tensor_parallel_size); each GPU holds a learner and a vLLM shard, and vLLM
+  sleeps while the learner works.
+- split: learner ranks on GPUs 0..W-1, engines on the GPUs after them (each engine's t GPUs on
+  one node); nothing shares a GPU.
+On CPU (trainer.gpus_per_node=0) every actor reserves its ``num_cpus`` cores.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from or1.config import OR1Config
+
+log = logging.getLogger("or1")
+
+PLACEMENTS = ("colocated", "split")
+GiB = 2**30
+
+
+@dataclass
+class Slot:
+    """One actor's place: ``gpus`` are global GPU indices (node * gpus_per_node + local index)."""
+
+    role: str  # learner | rollout
+    index: int  # learner rank / engine index
+    gpus: list[int] = field(default_factory=list)
+    cpus: float = 0.0
+
+    def nodes(self, gpus_per_node: int) -> list[int]:
+        return sorted({g // gpus_per_node for g in self.gpus}) if gpus_per_node else [0]
+
+
+@dataclass
+class PlacementPlan:
+    mode: str  # cpu | colocated | split
+    nnodes: int
+    gpus_per_node: int
+    learners: list[Slot]
+    engines: list[Slot]
+
+    @property
+    def total_gpus(self) -> int:
+        return self.nnodes * self.gpus_per_node
+
+    @property
+    def total_cpus(self) -> float:
+        return sum(s.cpus for s in self.learners + self.engines)
+
+
+def plan_placement(cfg: OR1Config) -> PlacementPlan:
+    """Assign every learner rank and vLLM engine its GPUs (or CPU cores); raise on impossible layouts."""
+    t, lr = cfg.trainer, cfg.learner
+    world, engines, tp = lr.num_workers, cfg.rollout.num_engines, cfg.rollout.tensor_parallel_size
+    if t.placement not in PLACEMENTS:
+        raise ValueError(f"trainer.placement must be one of {PLACEMENTS}, got {t.placement!r}")
+    if world < 1 or engines < 1 or tp < 1 or t.nnodes < 1 or t.gpus_per_node < 0:
+        raise ValueError("learner.num_workers, rollout.num_engines, rollout.tensor_parallel_size and "
+                         "trainer.nnodes must be >= 1, trainer.gpus_per_node >= 0")
+    if t.gpus_per_node == 0:
+        if tp != 1:
+            raise ValueError("rollout.tensor_parallel_size > 1 needs GPUs (trainer.gpus_per_node > 0)")
+        return PlacementPlan("cpu", t.nnodes, 0,
+                             [Slot("learner", r, cpus=lr.num_cpus) for r in range(world)],
+                             [Slot("rollout", j, cpus=cfg.rollout.num_cpus) for j in range(engines)])
+    gpn, total = t.gpus_per_node, t.nnodes * t.gpus_per_node
+    if gpn % tp:
+        raise ValueError(f"rollout.tensor_parallel_size={tp} must divide trainer.gpus_per_node={gpn} "
+                         "(an engine's GPUs are on one node)")
+    if t.placement == "colocated":
+        if world != total or engines * tp != total:
+            raise ValueError(
+                f"colocated placement shares all {total} GPUs (trainer.nnodes={t.nnodes} x trainer.gpus_per_node="
+                f"{gpn}): set learner.num_workers={total} and rollout.num_engines={total // tp} "
+                f"(got {world} and {engines} with tensor_parallel_size={tp})")
+        first_engine_gpu = 0
+    else:
+        first_engine_gpu = -(-world // tp) * tp  # engines start on a tp-aligned GPU, so none straddles nodes
+        if first_engine_gpu + engines * tp > total:
+            raise ValueError(
+                f"split placement needs {world} learner GPUs + {engines} engines x {tp} GPUs "
+                f"(= {first_engine_gpu + engines * tp} with alignment) but trainer.nnodes x "
+                f"trainer.gpus_per_node = {total}")
+    learners = [Slot("learner", r, [r], lr.num_cpus) for r in range(world)]
+    slots = [Slot("rollout", j, list(range(first_engine_gpu + j * tp, first_engine_gpu + (j + 1) * tp)),
+                  cfg.rollout.num_cpus) for j in range(engines)]
+    return PlacementPlan(t.placement, t.nnodes, gpn, learners, slots)
+
+
+# --- memory estimate --------------------------------------------------------------------------
+@dataclass
+class ModelShape:
+    num_params: float
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    vocab_size: int | None = None
+
+
+def model_shape(cfg: OR1Config) -> ModelShape | None:
+    """Parameter count (and shape, when model.path's config is readable here) for the estimate."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        # local directory or the hub cache only: planning must not wait on a network
+        hf = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code,
+                                        local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf, trust_remote_code=cfg.model.trust_remote_code)
+        n = sum(p.numel() for p in model.parameters())
+        return ModelShape(float(n), hf.hidden_size, hf.num_hidden_layers, hf.vocab_size)
+    except Exception:  # noqa: BLE001 - a hub name offline, a path that exists only on the cluster
+        if cfg.model.num_params_b:
+            return ModelShape(cfg.model.num_params_b * 1e9)
+        return None
+
+
+def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) -> dict[str, float]:
+    """Rough peak memory per GPU (GiB), for planning; activations only when the shape is known.
+
+    - learner state: parameters + gradients + AdamW's two moments, in the master dtype, sharded
+      over the ranks (FSDP2 / ZeRO-3): 16 bytes per parameter in float32, 8 in bfloat16.
+    - learner activations, one micro-batch of full-length rows: with gradient checkpointing the
+      layer inputs (hidden x 2 bytes per token and layer) plus one layer's working set; without,
+      ~34 x hidden bytes per token and layer (Korthikanti et al. 2022, flash attention); plus the
+      float32 logits, their softmax and gradient (3 x 4 bytes x vocab per token).
+    - vLLM: rollout.gpu_memory_utilization of the GPU (weights + KV cache), its weights being
+      2 bytes per parameter / tensor_parallel_size.
+    """
+    world = len(plan.learners)
+    state_bytes = 16 if cfg.model.dtype == "float32" else 8
+    out = {"learner_state": shape.num_params * state_bytes / world / GiB}
+    if shape.hidden_size:
+        tokens = cfg.actor.micro_batch_size * cfg.rollout.max_model_len
+        scale = 1 if cfg.learner.compute_dtype in ("bfloat16", "float16") else 2  # the 34h rule counts 2-byte values
+        per_layer = scale * (2 if cfg.actor.gradient_checkpointing else 34) * shape.hidden_size * tokens
+        working = scale * 34 * shape.hidden_size * tokens if cfg.actor.gradient_checkpointing else 0
+        logits = 3 * 4 * shape.vocab_size * tokens
+        out["learner_activations"] = (per_layer * shape.num_layers + working + logits) / GiB
+    out["vllm_weights"] = shape.num_params * 2 / cfg.rollout.tensor_parallel_size / GiB
+    out["vllm_total"] = cfg.rollout.gpu_memory_utilization * cfg.trainer.gpu_memory_gib
+    learner_peak = out["learner_state"] + out.get("learner_activations", 0.0)
+    if plan.mode == "colocated":
+        # training: vLLM asleep (level 1 keeps nothing on the GPU but a small pool); generation: the
+        # learner's sharded state stays resident beside vLLM's whole share
+        out["peak_training"] = learner_peak
+        out["peak_generation"] = out["learner_state"] + out["vllm_total"]
+        out["peak"] = max(out["peak_training"], out["peak_generation"])
+    else:
+        out["peak_learner_gpu"] = learner_peak
+        out["peak_vllm_gpu"] = out["vllm_total"]
+        out["peak"] = max(learner_peak, out["vllm_total"])
+    return out
+
+
+def describe(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape | None) -> str:
+    """The plan as text: what ``trainer.dry_run=true`` prints."""
+    lines = [f"placement plan for recipe {cfg.recipe!r} ({plan.mode})"]
+    if plan.mode == "cpu":
+        lines.append(f"  CPU only: {len(plan.learners)} learner rank(s) x {cfg.learner.num_cpus} CPU, "
+                     f"{len(plan.engines)} vLLM engine(s) x {cfg.rollout.num_cpus} CPU; "
+                     f"{plan.total_cpus:g} CPUs in all")
+    else:
+        lines.append(f"  {plan.nnodes} node(s) x {plan.gpus_per_node} GPUs = {plan.total_gpus} GPUs, "
+                     f"{plan.total_cpus:g} CPUs")
+        lines.append(f"  learner ({cfg.learner.backend}, {len(plan.learners)} ranks): "
+                     + _ranges([s.gpus[0] for s in plan.learners], "GPU"))
+        lines.append(f"  vLLM ({len(plan.engines)} engines, tensor_parallel_size "
+                     f"{cfg.rollout.tensor_parallel_size}): "
+                     + ", ".join(f"engine {s.index} on node {s.nodes(plan.gpus_per_node)[0]} GPUs "
+                                 f"{[g % plan.gpus_per_node for g in s.gpus]}" for s in plan.engines[:4])
+                     + (f", ... ({len(plan.engines) - 4} more)" if len(plan.engines) > 4 else ""))
+    if shape is None:
+        lines.append("  memory: unknown (model.path's config is not readable here and model.num_params_b is unset)")
+    else:
+        mem = estimate_memory_gib(cfg, plan, shape)
+        lines.append(f"  model: {shape.num_params / 1e9:.2f}B parameters")
+        lines.append("  memory per GPU (GiB, estimate): " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
+        if "learner_activations" not in mem:
+            lines.append("    (activations not estimated: the model's config is not readable here)")
+        if plan.mode != "cpu" and mem["peak"] > cfg.trainer.gpu_memory_gib:
+            lines.append(f"  WARNING: the estimated peak {mem['peak']:.1f} GiB exceeds trainer.gpu_memory_gib="
+                         f"{cfg.trainer.gpu_memory_gib:g}; more GPUs, gradient checkpointing or a smaller "
+                         "actor.micro_batch_size would help")
+    return "\n".join(lines)
+
+
+def _ranges(values: list[int], label: str) -> str:
+    return f"{label}s {values[0]}..{values[-1]}" if len(values) > 1 else f"{label} {values[0]}"
+
+
+# --- the cluster -------------------------------------------------------------------------------
+def check_cluster(plan: PlacementPlan, nodes: list[dict]) -> None:
+    """Fail fast, naming what is missing, when the Ray cluster cannot hold the plan.
+
+    ``nodes`` is ``ray.nodes()`` (alive nodes' ``Resources``).
+    """
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    cpus = sum(r.get("CPU", 0) for r in alive)
+    gpus = sum(r.get("GPU", 0) for r in alive)
+    missing = []
+    if plan.mode == "cpu":
+        if cpus < plan.total_cpus:
+            missing.append(f"{plan.total_cpus:g} CPUs (learner.num_workers x learner.num_cpus + "
+                           f"rollout.num_engines x rollout.num_cpus), the Ray cluster has {cpus:g}")
+    else:
+        full_nodes = sum(1 for r in alive if r.get("GPU", 0) >= plan.gpus_per_node)
+        if gpus < plan.total_gpus or full_nodes < plan.nnodes:
+            missing.append(f"{plan.nnodes} node(s) with {plan.gpus_per_node} GPUs each (trainer.nnodes x "
+                           f"trainer.gpus_per_node = {plan.total_gpus} GPUs); the Ray cluster has {gpus:g} GPUs "
+                           f"on {len(alive)} node(s), {full_nodes} of them with {plan.gpus_per_node} GPUs")
+        if cpus < plan.total_cpus:
+            missing.append(f"{plan.total_cpus:g} CPUs, the Ray cluster has {cpus:g}")
+    if missing:
+        raise RuntimeError("not enough resources for this recipe: needs " + "; needs ".join(missing)
+                           + ". Join a larger cluster (trainer.ray_address=auto), or shrink the run "
+                           "(trainer.dry_run=true prints the plan).")
+
+
+def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0):
+    """Create the learner ranks and vLLM engines as the plan says; returns (LearnerGroup, RolloutGroup)."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from or1.trainer import free_port
+    from or1.workers.group import LearnerGroup, RolloutGroup
+    from or1.workers.learner import Learner
+    from or1.workers.rollout import RolloutWorker
+
+    learner_args = (cfg.model, cfg.actor)
+    learner_kwargs = {"seed": cfg.trainer.seed, "algo_cfg": cfg.algorithm, "learner_cfg": cfg.learner}
+    if plan.mode == "cpu":
+        port = free_port()
+        learners = [ray.remote(num_cpus=s.cpus)(Learner).remote(
+            *learner_args, rank=s.index, world_size=len(plan.learners), master_addr="127.0.0.1",
+            master_port=port, **learner_kwargs) for s in plan.learners]
+        engines = [ray.remote(num_cpus=s.cpus)(RolloutWorker).remote(
+            cfg.model.path, cfg.rollout, cfg.trainer.seed + s.index) for s in plan.engines]
+        return LearnerGroup(learners), RolloutGroup(engines)
+
+    gpn = plan.gpus_per_node
+    colocated = plan.mode == "colocated"
+    bundle_cpus = {g: 0.0 for g in range(plan.total_gpus)}
+    for s in plan.learners + plan.engines:
+        bundle_cpus[s.gpus[0]] += s.cpus
+    groups = [placement_group([{"GPU": 1, "CPU": bundle_cpus[node * gpn + i]} for i in range(gpn)],
+                              strategy="STRICT_PACK", name=f"or1-node{node}") for node in range(plan.nnodes)]
+    ready, _ = ray.wait([pg.ready() for pg in groups], num_returns=len(groups), timeout=timeout_s)
+    if len(ready) < len(groups):
+        raise RuntimeError(f"Ray could not place {len(groups) - len(ready)} of {len(groups)} node groups of "
+                           f"{gpn} GPUs within {timeout_s:.0f}s (is another job holding GPUs?)")
+
+    def at(gpu: int, capture: bool = False):
+        return PlacementGroupSchedulingStrategy(groups[gpu // gpn], gpu % gpn,
+                                                placement_group_capture_child_tasks=capture)
+
+    # rank 0's node hosts the process group's rendezvous; ask that node for its address and a free port
+    master_addr, port = ray.get(ray.remote(num_cpus=0)(_node_address).options(scheduling_strategy=at(0)).remote())
+    share = 0.5 if colocated else 1.0  # colocated: a learner and a vLLM worker split each GPU
+    learners = [ray.remote(num_cpus=s.cpus, num_gpus=share)(Learner).options(
+        scheduling_strategy=at(s.gpus[0])).remote(
+        *learner_args, rank=s.index, world_size=len(plan.learners), master_addr=master_addr,
+        master_port=port, **learner_kwargs) for s in plan.learners]
+    # The engine actor holds no GPU itself: vLLM's Ray executor starts one worker per GPU on the
+    # engine's bundles (VLLM_RAY_BUNDLE_INDICES), inside this placement group.
+    engines = [ray.remote(num_cpus=s.cpus, num_gpus=0)(RolloutWorker).options(
+        scheduling_strategy=at(s.gpus[0], capture=True)).remote(
+        cfg.model.path, cfg.rollout, cfg.trainer.seed + s.index, colocated, [g % gpn for g in s.gpus])
+        for s in plan.engines]
+    return LearnerGroup(learners), RolloutGroup(engines)
+
+
+def _node_address() -> tuple[str, int]:
+    import ray
+
+    from or1.trainer import free_port
+
+    return ray.util.get_node_ip_address(), free_port()

@@ -1,0 +1,272 @@
+"""Learner backends: where the sharded model, its optimizer and its checkpoints live.
+
+``Learner`` (or1/workers/learner.py) owns the loss and the micro-batch loop and talks to a backend
+only through the small interface below, so FSDP2 and DeepSpeed ZeRO train the same policy with
+the same arithmetic (``learner.backend=fsdp|deepspeed``).
+
+Both backends average gradients over the data-parallel ranks when they reduce them. or1's loss is
+already divided by the token (or sequence) count of the *global* batch, so the learner scales each
+rank's loss by the world size before ``backward``: the reduced gradient is then the exact gradient
+of the global loss.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from or1.config import ActorConfig, LearnerConfig, ModelConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BACKENDS = ("fsdp", "deepspeed")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int):
+    """Linear warm-up from 0 to the optimizer's lr over ``warmup_steps`` steps, then constant."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: min(1.0, (k + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
+
+
+def load_hf_model(model_cfg: ModelConfig, gradient_checkpointing: bool):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=torch_dtype(model_cfg.dtype),
+                                                 trust_remote_code=model_cfg.trust_remote_code)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+class FSDP2Backend:
+    """PyTorch FSDP2 (``fully_shard``): each decoder layer, then the root, sharded over all ranks."""
+
+    name = "fsdp"
+
+    def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, learner_cfg: LearnerConfig,
+                 device: torch.device, world_size: int, with_reference: bool):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(device.type, (world_size,))
+        compute = torch_dtype(learner_cfg.compute_dtype)
+        # parameters are cast to the compute dtype for forward/backward; gradients reduce in the master dtype
+        mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch_dtype(model_cfg.dtype))
+
+        def load_sharded(trainable: bool):
+            model = load_hf_model(model_cfg, trainable and actor_cfg.gradient_checkpointing).to(device)
+            for layer in model.model.layers:
+                fully_shard(layer, mesh=mesh, mp_policy=mp)
+            fully_shard(model, mesh=mesh, mp_policy=mp)
+            return model
+
+        self.model = load_sharded(trainable=True)
+        self.ref_model = None
+        if with_reference:
+            self.ref_model = load_sharded(trainable=False).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=actor_cfg.lr, betas=tuple(actor_cfg.betas),
+                                           weight_decay=actor_cfg.weight_decay)
+        self.scheduler = warmup_scheduler(self.optimizer, actor_cfg.lr_warmup_steps)
+        self.hf_model = self.model
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        loss.backward()
+
+    def step(self, max_norm: float) -> float:
+        """Clip, then step unless the gradient is non-finite (which would poison the weights)."""
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if not torch.isfinite(torch.tensor(norm)):
+            self.zero_grad()
+            return norm
+        self.optimizer.step()
+        self.scheduler.step()
+        return norm
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def parameter_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [(n, tuple(p.shape)) for n, p in self.model.named_parameters()]  # DTensor: the global shape
+
+    def gather(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Full tensors of ``names`` (a collective: every rank calls it with the same names)."""
+        params = dict(self.model.named_parameters())
+        return {n: (params[n].full_tensor() if hasattr(params[n], "full_tensor") else params[n]).detach()
+                for n in names}
+
+    def save(self, path: str) -> None:
+        """Sharded model and optimizer with torch distributed checkpoint: each rank writes its shards."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(path, "learner"))
+
+    def load(self, path: str) -> None:
+        """DCP reshards on load, so a checkpoint of another world size loads too."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=os.path.join(path, "learner"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+class DeepSpeedBackend:
+    """DeepSpeed ZeRO (stage ``learner.zero_stage``, default 3) with or1's own AdamW and LR schedule.
+
+    The micro-batch loop marks the gradient-accumulation boundary itself (the number of
+    micro-batches varies from step to step) and scales nothing by DeepSpeed's accumulation steps.
+    """
+
+    name = "deepspeed"
+
+    def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, learner_cfg: LearnerConfig,
+                 device: torch.device, world_size: int, with_reference: bool):
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        self.config = deepspeed_config(model_cfg, actor_cfg, learner_cfg)
+        self._hf_ds_config = None
+        if learner_cfg.zero_stage == 3:
+            from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+            # While this object lives, from_pretrained builds the model already partitioned
+            # (zero.Init): no rank ever holds the full model.
+            self._hf_ds_config = HfDeepSpeedConfig(self.config)
+        model = load_hf_model(model_cfg, actor_cfg.gradient_checkpointing)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=actor_cfg.lr, betas=tuple(actor_cfg.betas),
+                                      weight_decay=actor_cfg.weight_decay)
+        self.scheduler = warmup_scheduler(optimizer, actor_cfg.lr_warmup_steps)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                 config=self.config, dist_init_required=False)
+        self.model = self.engine
+        self.hf_model = self.engine.module
+        self.ref_model = None
+        if with_reference:
+            ref_config = {k: v for k, v in self.config.items() if k != "gradient_clipping"}
+            ref = load_hf_model(model_cfg, False).eval().requires_grad_(False)
+            self.ref_model = deepspeed.initialize(model=ref, config=ref_config, dist_init_required=False)[0]
+
+    def zero_grad(self) -> None:
+        pass  # DeepSpeed clears its gradient partitions after every optimizer step
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(last_micro_batch)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self, max_norm: float) -> float:
+        # clipping is DeepSpeed's (config gradient_clipping = actor.grad_clip)
+        self.engine.step()
+        self.scheduler.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def parameter_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [(n, tuple(getattr(p, "ds_shape", p.shape))) for n, p in self.hf_model.named_parameters()]
+
+    def gather(self, names: list[str]) -> dict[str, torch.Tensor]:
+        import deepspeed
+
+        params = dict(self.hf_model.named_parameters())
+        chosen = [params[n] for n in names]
+        with deepspeed.zero.GatheredParameters(chosen, modifier_rank=None):
+            return {n: p.data.detach().clone() for n, p in zip(names, chosen)}
+
+    def save(self, path: str) -> None:
+        self.engine.save_checkpoint(os.path.join(path, "learner"), tag="state", save_latest=False)
+
+    def load(self, path: str) -> None:
+        load_path, _ = self.engine.load_checkpoint(os.path.join(path, "learner"), tag="state",
+                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {path}/learner")
+
+
+def deepspeed_config(model_cfg: ModelConfig, actor_cfg: ActorConfig, learner_cfg: LearnerConfig) -> dict:
+    """or1's DeepSpeed config; ``learner.deepspeed_config`` is merged over it (nested dicts too)."""
+    config = {
+        # DeepSpeed insists on a batch size; or1 feeds micro-batches itself and marks the boundary.
+        "train_micro_batch_size_per_gpu": actor_cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": actor_cfg.grad_clip if actor_cfg.grad_clip > 0 else 0.0,
+        "zero_optimization": {"stage": learner_cfg.zero_stage},
+        "bf16": {"enabled": learner_cfg.compute_dtype == "bfloat16"},
+        "zero_allow_untested_optimizer": True,  # torch AdamW, exactly as the FSDP2 backend uses it
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    return _merge(config, dict(learner_cfg.deepspeed_config))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_backend(name: str, *args, **kwargs):
+    if name == "fsdp":
+        return FSDP2Backend(*args, **kwargs)
+    if name == "deepspeed":
+        return DeepSpeedBackend(*args, **kwargs)
+    raise ValueError(f"learner.backend must be one of {BACKENDS}, got {name!r}")
+
+
+_LAYER_PREFIX = re.compile(r"^(.*?\.layers\.\d+)\.")
+
+
+def weight_buckets(shapes: list[tuple[str, tuple[int, ...]]], bytes_per_element: int,
+                   bucket_bytes: int) -> list[list[str]]:
+    """Split parameter names into buckets of about ``bucket_bytes``, keeping each decoder layer whole.
+
+    vLLM fuses projections of one layer (q/k/v, gate/up) into one tensor and processes a layer
+    once all its checkpoint tensors arrived, so a layer must never straddle two pushes. Units (a
+    whole decoder layer, or one top-level tensor) are packed in model order; a unit larger than
+    a bucket travels alone.
+    """
+    units: list[tuple[list[str], int]] = []
+    for name, shape in shapes:
+        size = bytes_per_element
+        for d in shape:
+            size *= d
+        m = _LAYER_PREFIX.match(name)
+        key = m.group(1) if m else name
+        if units and units[-1][0] and _unit_key(units[-1][0][0]) == key:
+            units[-1] = (units[-1][0] + [name], units[-1][1] + size)
+        else:
+            units.append(([name], size))
+    buckets: list[list[str]] = []
+    current: list[str] = []
+    current_bytes = 0
+    for names, size in units:
+        if current and current_bytes + size > bucket_bytes:
+            buckets.append(current)
+            current, current_bytes = [], 0
+        current += names
+        current_bytes += size
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def _unit_key(name: str) -> str:
+    m = _LAYER_PREFIX.match(name)
+    return m.group(1) if m else name

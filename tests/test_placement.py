@@ -1,0 +1,119 @@
+"""Placement plans, the cluster check, the memory estimate, batch sharding and sync buckets:
+pure functions, checked against hand-worked layouts."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from or1.batch import build_batch, shard_rows, unshard_rows
+from or1.config import OR1Config
+from or1.placement import ModelShape, check_cluster, estimate_memory_gib, plan_placement
+from or1.workers.backends import weight_buckets
+from or1.workers.group import split_evenly
+
+
+def config(**sections) -> OR1Config:
+    cfg = OmegaConf.structured(OR1Config)
+    cfg.model.path = "unused"
+    for section, values in sections.items():
+        for k, v in values.items():
+            cfg[section][k] = v
+    return OmegaConf.to_object(cfg)
+
+
+def test_colocated_two_nodes_with_tensor_parallel_engines():
+    plan = plan_placement(config(trainer={"nnodes": 2, "gpus_per_node": 4},
+                                 learner={"num_workers": 8}, rollout={"num_engines": 4, "tensor_parallel_size": 2}))
+    assert plan.mode == "colocated" and plan.total_gpus == 8
+    assert [s.gpus for s in plan.learners] == [[g] for g in range(8)]
+    assert [s.gpus for s in plan.engines] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [s.nodes(4) for s in plan.engines] == [[0], [0], [1], [1]]  # no engine straddles nodes
+
+
+def test_split_aligns_engines_to_their_tensor_parallel_size():
+    plan = plan_placement(config(trainer={"placement": "split", "nnodes": 1, "gpus_per_node": 8},
+                                 learner={"num_workers": 3}, rollout={"num_engines": 2, "tensor_parallel_size": 2}))
+    assert [s.gpus[0] for s in plan.learners] == [0, 1, 2]
+    assert [s.gpus for s in plan.engines] == [[4, 5], [6, 7]]  # GPU 3 left idle: an engine may not start on it
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"trainer": {"gpus_per_node": 8}, "learner": {"num_workers": 4}}, "set learner.num_workers=8"),
+    ({"trainer": {"gpus_per_node": 4, "placement": "split"}, "learner": {"num_workers": 3},
+      "rollout": {"num_engines": 1, "tensor_parallel_size": 2}}, "split placement needs 3 learner GPUs"),
+    ({"trainer": {"gpus_per_node": 6}, "learner": {"num_workers": 6}, "rollout": {"num_engines": 2,
+                                                                                 "tensor_parallel_size": 4}},
+     "must divide trainer.gpus_per_node=6"),
+    ({"rollout": {"tensor_parallel_size": 2}}, "needs GPUs"),
+    ({"trainer": {"placement": "spread"}}, "trainer.placement must be one of"),
+])
+def test_impossible_layouts_are_refused_with_the_fields_named(sections, message):
+    with pytest.raises(ValueError, match=message):
+        plan_placement(config(**sections))
+
+
+def test_cluster_check_names_what_is_missing():
+    plan = plan_placement(config(trainer={"nnodes": 2, "gpus_per_node": 8}, learner={"num_workers": 16},
+                                 rollout={"num_engines": 16}))
+    one_node = [{"Alive": True, "Resources": {"CPU": 64, "GPU": 8}}]
+    with pytest.raises(RuntimeError, match=r"2 node\(s\) with 8 GPUs each .* has 8 GPUs on 1 node\(s\)"):
+        check_cluster(plan, one_node)
+    check_cluster(plan, one_node * 2)  # enough: no error
+    dead = [{"Alive": False, "Resources": {"CPU": 64, "GPU": 8}}]
+    with pytest.raises(RuntimeError, match="GPUs"):
+        check_cluster(plan, one_node + dead)
+    cpu_plan = plan_placement(config(learner={"num_workers": 2, "num_cpus": 1}, rollout={"num_engines": 2}))
+    with pytest.raises(RuntimeError, match="needs 4 CPUs .* has 2"):
+        check_cluster(cpu_plan, [{"Resources": {"CPU": 2}}])
+
+
+def test_memory_estimate_by_hand():
+    cfg = config(trainer={"gpus_per_node": 8, "gpu_memory_gib": 80}, learner={"num_workers": 8,
+                 "compute_dtype": "bfloat16"}, rollout={"num_engines": 8, "gpu_memory_utilization": 0.5,
+                                                        "max_model_len": 1024},
+                 actor={"micro_batch_size": 2, "gradient_checkpointing": False})
+    plan = plan_placement(cfg)
+    shape = ModelShape(num_params=8 * 2**30, hidden_size=1024, num_layers=10, vocab_size=1000)
+    mem = estimate_memory_gib(cfg, plan, shape)
+    assert mem["learner_state"] == pytest.approx(16.0)  # 8 Gi params x 16 bytes / 8 ranks
+    tokens = 2 * 1024
+    activations = (34 * 1024 * tokens * 10 + 12 * 1000 * tokens) / 2**30
+    assert mem["learner_activations"] == pytest.approx(activations)
+    assert mem["vllm_total"] == 40.0 and mem["vllm_weights"] == pytest.approx(16.0)
+    assert mem["peak_generation"] == pytest.approx(56.0) and mem["peak"] == pytest.approx(56.0)
+
+
+def test_shard_rows_pads_with_rows_that_carry_no_loss():
+    batch = build_batch([[1, 2]] * 5, [[3], [4, 5], [6], [7, 8, 9], [10]], pad_id=0,
+                        advantages=torch.arange(5.0), rollout_log_probs=[[0.0] * k for k in (1, 2, 1, 3, 1)])
+    shards = shard_rows(batch, 2)
+    assert [s["input_ids"].shape[0] for s in shards] == [3, 3]
+    assert shards[1]["response_mask"][2].sum() == 0  # the padding row
+    assert sum(s["response_mask"].sum() for s in shards) == batch["response_mask"].sum()
+    widths = [s["input_ids"].shape[1] for s in shards]
+    assert widths == [4, 5]  # each shard trimmed to its own longest row
+    rows = unshard_rows([s["input_ids"] for s in shards], 5)
+    assert torch.equal(rows, batch["input_ids"])
+    narrow = unshard_rows([torch.ones(3, 2), torch.ones(3, 4)], 5)
+    assert narrow.shape == (5, 4) and narrow[0, 3] == 0
+
+
+def test_split_evenly():
+    assert split_evenly(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert split_evenly(1, 2) == [(0, 1), (1, 1)]
+
+
+def test_weight_buckets_keep_decoder_layers_whole():
+    shapes = [("model.embed_tokens.weight", (100, 10)),
+              ("model.layers.0.self_attn.q_proj.weight", (10, 10)), ("model.layers.0.mlp.up_proj.weight", (10, 10)),
+              ("model.layers.1.self_attn.q_proj.weight", (10, 10)), ("model.layers.1.mlp.up_proj.weight", (10, 10)),
+              ("model.layers.10.self_attn.q_proj.weight", (10, 10)), ("model.layers.10.mlp.up_proj.weight", (10, 10)),
+              ("model.norm.weight", (10,))]
+    # 4 bytes per element: embed 4000 B, each layer 800 B, norm 40 B
+    assert weight_buckets(shapes, 4, 2000) == [
+        ["model.embed_tokens.weight"],
+        ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight",
+         "model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"],
+        ["model.layers.10.self_attn.q_proj.weight", "model.layers.10.mlp.up_proj.weight", "model.norm.weight"]]
+    assert weight_buckets(shapes, 4, 10**9) == [[n for n, _ in shapes]]
+    assert len(weight_buckets(shapes, 4, 1)) == 5  # a unit never splits, however small the bucket
