@@ -18,6 +18,7 @@ On CPU (trainer.gpus_per_node=0) every actor reserves its ``num_cpus`` cores.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass, field
 
 from or1.config import OR1Config
@@ -233,7 +234,6 @@ def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0)
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from or1.trainer import free_port
     from or1.workers.group import LearnerGroup, RolloutGroup
     from or1.workers.learner import Learner
     from or1.workers.rollout import RolloutWorker
@@ -281,9 +281,14 @@ def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0)
     return LearnerGroup(learners), RolloutGroup(engines)
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now (the process group's rendezvous binds it next)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def _node_address() -> tuple[str, int]:
     import ray
-
-    from or1.trainer import free_port
 
     return ray.util.get_node_ip_address(), free_port()

@@ -11,9 +11,8 @@ import logging
 import os
 import random
 import signal
-import uuid
-import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +32,10 @@ from or1.config import OR1Config
 from or1.data.dataset import EpochSampler, PromptDataset
 from or1.metrics import MetricsLogger
 from or1.rewards.manager import RewardManager, RewardScores
+from or1.workers.backends import BACKENDS
 from or1.workers.rollout import Sample
 
 log = logging.getLogger("or1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 VAL_STREAM = 1 << 16  # training rounds use streams 0, 1, 2, ... (refill rounds), validation this one
@@ -519,6 +513,17 @@ def validate_algorithm_config(cfg: OR1Config) -> None:
         raise ValueError(f"algorithm.kl_estimator must be one of {KL_ESTIMATORS}, got {a.kl_estimator!r}")
     if cfg.actor.dual_clip is not None and cfg.actor.dual_clip <= 1:
         raise ValueError(f"actor.dual_clip must be > 1 (or null), got {cfg.actor.dual_clip}")
+    lr = cfg.learner
+    if lr.backend not in BACKENDS:
+        raise ValueError(f"learner.backend must be one of {BACKENDS}, got {lr.backend!r}")
+    if lr.compute_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"learner.compute_dtype must be float32, bfloat16 or float16, got {lr.compute_dtype!r}")
+    if lr.backend == "deepspeed" and lr.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"learner.zero_stage must be 0..3, got {lr.zero_stage}")
+    if lr.sync_bucket_mb <= 0:
+        raise ValueError(f"learner.sync_bucket_mb must be > 0, got {lr.sync_bucket_mb}")
+    if r.sleep_level not in (1, 2):
+        raise ValueError(f"rollout.sleep_level must be 1 or 2, got {r.sleep_level}")
     if cfg.actor.ppo_epochs < 1 or cfg.actor.mini_batch_size < 0:
         raise ValueError("actor.ppo_epochs must be >= 1 and actor.mini_batch_size >= 0")
     if r.n < 2:

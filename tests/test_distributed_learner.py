@@ -86,14 +86,20 @@ def test_two_ranks_reproduce_one(ray_local, tiny_model, batch, single_rank, back
                 _initial_weights(tiny_model).items())
     assert moved > 1e-4, "the step did not change the weights; the comparison proves nothing"
 
-    if backend == "fsdp":
-        # FSDP2's checkpoint reshards: two ranks' shards load into one rank.
-        group.save_checkpoint(str(tmp_path))
-        one = start_group(ray_local, tiny_model, "fsdp", 1)
-        one.load_checkpoint(str(tmp_path))
-        reloaded = _get(one.actors[0].full_parameters.remote(), one)
-        assert all(torch.equal(reloaded[n], weights[n]) for n in weights)
-        ray_local.kill(one.actors[0])
+    group.save_checkpoint(str(tmp_path))
+    # FSDP2's checkpoint reshards (two ranks' shards load into one); DeepSpeed's loads at its own size
+    restored = start_group(ray_local, tiny_model, backend, 1 if backend == "fsdp" else 2)
+    restored.load_checkpoint(str(tmp_path))
+    reloaded = _get(restored.actors[0].full_parameters.remote(), restored)
+    assert all(torch.equal(reloaded[n], weights[n]) for n in weights)
+    if backend == "deepspeed":  # the optimizer state came back too: the next step is the same step
+        b = dict(batch)
+        b["old_log_probs"] = logp
+        after, again = group.update(b, 0.01), restored.update(b, 0.01)
+        for key in ("actor/pg_loss", "actor/grad_norm"):
+            assert after[key] == again[key], key
+    for a in restored.actors:
+        ray_local.kill(a)
     for a in group.actors:
         ray_local.kill(a)
 

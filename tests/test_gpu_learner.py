@@ -59,17 +59,23 @@ def _batch():
     return build_batch(prompts, responses, pad_id=0, advantages=torch.randn(8, generator=g))
 
 
-def test_bf16_mixed_precision_tracks_float32(tiny_model):
-    """FSDP2 mixed precision: bf16 compute, float32 master weights and gradient reduction."""
+def _float32_fsdp_and(tiny_model, micro_batch_size: int, **learner_options):
+    """A plain float32 FSDP2 learner and one with ``learner_options``, same model, same process group."""
     from or1.config import LearnerConfig
     from or1.workers.learner import Learner
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    batch = _batch()
+    torch.backends.cuda.matmul.allow_tf32 = False  # compare float32 with float32
     port = free_port()
-    fp32 = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=8), master_port=port)
-    bf16 = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=8), master_port=port,
-                   learner_cfg=LearnerConfig(compute_dtype="bfloat16"))
+    actor = ActorConfig(lr=1e-3, micro_batch_size=micro_batch_size)
+    return (Learner(ModelConfig(path=str(tiny_model)), actor, master_port=port),
+            Learner(ModelConfig(path=str(tiny_model)), actor, master_port=port,
+                    learner_cfg=LearnerConfig(**learner_options)))
+
+
+def test_bf16_mixed_precision_tracks_float32(tiny_model):
+    """FSDP2 mixed precision: bf16 compute, float32 master weights and gradient reduction."""
+    batch = _batch()
+    fp32, bf16 = _float32_fsdp_and(tiny_model, 8, compute_dtype="bfloat16")
     assert next(bf16.model.parameters()).dtype == torch.float32  # master weights stay float32
     lp32, lp16 = fp32.compute_log_probs(batch), bf16.compute_log_probs(batch)
     mask = batch["response_mask"].bool()
@@ -83,15 +89,8 @@ def test_bf16_mixed_precision_tracks_float32(tiny_model):
 
 def test_deepspeed_zero3_on_gpu_matches_fsdp2(tiny_model):
     pytest.importorskip("deepspeed")
-    from or1.config import LearnerConfig
-    from or1.workers.learner import Learner
-
-    torch.backends.cuda.matmul.allow_tf32 = False
     batch = _batch()
-    port = free_port()
-    fsdp = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=3), master_port=port)
-    ds = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=3), master_port=port,
-                 learner_cfg=LearnerConfig(backend="deepspeed"))
+    fsdp, ds = _float32_fsdp_and(tiny_model, 3, backend="deepspeed")
     lp = fsdp.compute_log_probs(batch)
     assert (ds.compute_log_probs(batch) - lp)[batch["response_mask"].bool()].abs().max().item() < 1e-5
     batch["old_log_probs"] = lp + 0.05 * batch["response_mask"]

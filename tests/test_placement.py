@@ -117,3 +117,16 @@ def test_weight_buckets_keep_decoder_layers_whole():
         ["model.layers.10.self_attn.q_proj.weight", "model.layers.10.mlp.up_proj.weight", "model.norm.weight"]]
     assert weight_buckets(shapes, 4, 10**9) == [[n for n, _ in shapes]]
     assert len(weight_buckets(shapes, 4, 1)) == 5  # a unit never splits, however small the bucket
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"learner": {"backend": "megatron"}}, "learner.backend must be one of"),
+    ({"learner": {"compute_dtype": "fp8"}}, "learner.compute_dtype"),
+    ({"learner": {"sync_bucket_mb": 0}}, "learner.sync_bucket_mb"),
+    ({"rollout": {"sleep_level": 3}}, "rollout.sleep_level"),
+])
+def test_bad_learner_settings_are_refused_before_anything_starts(sections, message):
+    from or1.trainer import validate_algorithm_config
+
+    with pytest.raises(ValueError, match=message):
+        validate_algorithm_config(config(**sections))
