@@ -1,9 +1,12 @@
-"""Weight export for the push into vLLM: whole model at once vs buckets of whole layers.
+"""Weight export for the push into vLLM: whole model vs buckets of whole layers, and or1's
+buffer format vs safetensors.
 
 One FSDP2 learner rank (CUDA if present, else CPU) holding a randomly initialised model of a
 Qwen2.5 shape (no download). For each way of exporting, measures the time to gather and
 serialise every parameter in the push dtype (bfloat16), the peak extra device memory and the
-largest payload held at once (what Ray's object store and the vLLM side must hold).
+largest payload held at once (what Ray's object store and the vLLM side must hold). The
+safetensors variant is the format or1 used before (pageable copy to the host, then
+``safetensors.torch.save``), measured side by side.
 
     python benchmarks/weight_sync.py [--shape 0.5b|1.5b] [--bucket-mb 256] [--json PATH]
 """
@@ -11,7 +14,6 @@ largest payload held at once (what Ray's object store and the vLLM side must hol
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -78,8 +80,14 @@ def main() -> None:
     def bucketed() -> int:
         return max(len(learner.export_bucket(names, "bfloat16")) for names in plan)
 
+    def bucketed_safetensors() -> int:
+        from safetensors.torch import save
+
+        return max(len(save({n: t.to(torch.bfloat16).cpu() for n, t in learner.backend.gather(names).items()}))
+                   for names in plan)
+
     results = {}
-    for name, fn in (("whole", whole), ("bucketed", bucketed)):
+    for name, fn in (("whole", whole), ("bucketed", bucketed), ("bucketed_safetensors", bucketed_safetensors)):
         fn()  # warm-up
         runs = [measure(fn, device) for _ in range(a.repeats)]
         results[name] = (sorted(r[0] for r in runs)[len(runs) // 2], max(r[1] for r in runs), runs[0][2] / 2**20)
@@ -93,6 +101,9 @@ def main() -> None:
         "whole_peak_extra_device_mib": results["whole"][1], "bucketed_peak_extra_device_mib": results["bucketed"][1],
         "whole_largest_payload_mib": results["whole"][2], "bucketed_largest_payload_mib": results["bucketed"][2],
         "bucketed_payload_vs_whole": results["bucketed"][2] / results["whole"][2],
+        "safetensors_bucketed_seconds": results["bucketed_safetensors"][0],
+        "bucketed_speedup_vs_safetensors": results["bucketed_safetensors"][0] / results["bucketed"][0],
+        "bucketed_gb_per_s": n_params * 2 / results["bucketed"][0] / 1e9,
     }
     report(row, a.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                       f"weight_sync_{a.shape}.json"))

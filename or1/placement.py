@@ -228,8 +228,30 @@ def check_cluster(plan: PlacementPlan, nodes: list[dict]) -> None:
                            "(trainer.dry_run=true prints the plan).")
 
 
-def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0):
-    """Create the learner ranks and vLLM engines as the plan says; returns (LearnerGroup, RolloutGroup)."""
+@dataclass
+class Workers:
+    learners: object  # or1.workers.group.LearnerGroup
+    rollouts: object  # or1.workers.group.RolloutGroup
+    placement_groups: list  # released by remove()
+
+    def remove(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.rollouts.actors + self.learners.actors:
+            ray.kill(actor)
+        for pg in self.placement_groups:
+            remove_placement_group(pg)
+
+
+def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0) -> Workers:
+    """Reserve the plan's resources with Ray placement groups, then start every actor in its bundle.
+
+    CPU runs: one group, a bundle per actor. GPU runs: a group per node (``STRICT_PACK``), one
+    bundle per GPU; a learner rank takes (a share of) its GPU's bundle; an engine actor holds no GPU
+    itself: vLLM's Ray executor starts one worker per GPU on the engine's bundles
+    (``VLLM_RAY_BUNDLE_INDICES``) inside the same group.
+    """
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -238,47 +260,44 @@ def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0)
     from or1.workers.learner import Learner
     from or1.workers.rollout import RolloutWorker
 
-    learner_args = (cfg.model, cfg.actor)
-    learner_kwargs = {"seed": cfg.trainer.seed, "algo_cfg": cfg.algorithm, "learner_cfg": cfg.learner}
+    slots = plan.learners + plan.engines
     if plan.mode == "cpu":
-        port = free_port()
-        learners = [ray.remote(num_cpus=s.cpus)(Learner).remote(
-            *learner_args, rank=s.index, world_size=len(plan.learners), master_addr="127.0.0.1",
-            master_port=port, **learner_kwargs) for s in plan.learners]
-        engines = [ray.remote(num_cpus=s.cpus)(RolloutWorker).remote(
-            cfg.model.path, cfg.rollout, cfg.trainer.seed + s.index) for s in plan.engines]
-        return LearnerGroup(learners), RolloutGroup(engines)
-
-    gpn = plan.gpus_per_node
-    colocated = plan.mode == "colocated"
-    bundle_cpus = {g: 0.0 for g in range(plan.total_gpus)}
-    for s in plan.learners + plan.engines:
-        bundle_cpus[s.gpus[0]] += s.cpus
-    groups = [placement_group([{"GPU": 1, "CPU": bundle_cpus[node * gpn + i]} for i in range(gpn)],
-                              strategy="STRICT_PACK", name=f"or1-node{node}") for node in range(plan.nnodes)]
+        groups = [placement_group([{"CPU": s.cpus} for s in slots], strategy="PACK", name="or1-cpu")]
+        bundle_of = {(s.role, s.index): (0, i) for i, s in enumerate(slots)}
+    else:
+        gpn = plan.gpus_per_node
+        bundle_cpus = {g: 0.0 for g in range(plan.total_gpus)}
+        for s in slots:
+            bundle_cpus[s.gpus[0]] += s.cpus
+        groups = [placement_group([{"GPU": 1, "CPU": bundle_cpus[node * gpn + i]} for i in range(gpn)],
+                                  strategy="STRICT_PACK", name=f"or1-node{node}") for node in range(plan.nnodes)]
+        bundle_of = {(s.role, s.index): divmod(s.gpus[0], gpn) for s in slots}
     ready, _ = ray.wait([pg.ready() for pg in groups], num_returns=len(groups), timeout=timeout_s)
     if len(ready) < len(groups):
-        raise RuntimeError(f"Ray could not place {len(groups) - len(ready)} of {len(groups)} node groups of "
-                           f"{gpn} GPUs within {timeout_s:.0f}s (is another job holding GPUs?)")
+        for pg in groups:
+            ray.util.remove_placement_group(pg)
+        raise RuntimeError(f"Ray could not place {len(groups) - len(ready)} of {len(groups)} placement group(s) "
+                           f"within {timeout_s:.0f}s (is another job holding the resources?)")
 
-    def at(gpu: int, capture: bool = False):
-        return PlacementGroupSchedulingStrategy(groups[gpu // gpn], gpu % gpn,
-                                                placement_group_capture_child_tasks=capture)
+    def at(slot: Slot, capture: bool = False):
+        group, bundle = bundle_of[(slot.role, slot.index)]
+        return PlacementGroupSchedulingStrategy(groups[group], bundle, placement_group_capture_child_tasks=capture)
 
     # rank 0's node hosts the process group's rendezvous; ask that node for its address and a free port
-    master_addr, port = ray.get(ray.remote(num_cpus=0)(_node_address).options(scheduling_strategy=at(0)).remote())
-    share = 0.5 if colocated else 1.0  # colocated: a learner and a vLLM worker split each GPU
-    learners = [ray.remote(num_cpus=s.cpus, num_gpus=share)(Learner).options(
-        scheduling_strategy=at(s.gpus[0])).remote(
-        *learner_args, rank=s.index, world_size=len(plan.learners), master_addr=master_addr,
-        master_port=port, **learner_kwargs) for s in plan.learners]
-    # The engine actor holds no GPU itself: vLLM's Ray executor starts one worker per GPU on the
-    # engine's bundles (VLLM_RAY_BUNDLE_INDICES), inside this placement group.
-    engines = [ray.remote(num_cpus=s.cpus, num_gpus=0)(RolloutWorker).options(
-        scheduling_strategy=at(s.gpus[0], capture=True)).remote(
-        cfg.model.path, cfg.rollout, cfg.trainer.seed + s.index, colocated, [g % gpn for g in s.gpus])
-        for s in plan.engines]
-    return LearnerGroup(learners), RolloutGroup(engines)
+    master_addr, port = ray.get(ray.remote(num_cpus=0)(_node_address).options(
+        scheduling_strategy=at(plan.learners[0])).remote())
+    colocated = plan.mode == "colocated"
+    learner_gpus = 0 if plan.mode == "cpu" else 0.5 if colocated else 1  # colocated: shared with vLLM
+    learners = [ray.remote(num_cpus=s.cpus, num_gpus=learner_gpus)(Learner).options(scheduling_strategy=at(s)).remote(
+        cfg.model, cfg.actor, rank=s.index, world_size=len(plan.learners), master_addr=master_addr, master_port=port,
+        seed=cfg.trainer.seed, algo_cfg=cfg.algorithm, learner_cfg=cfg.learner) for s in plan.learners]
+    engines = []
+    for s in plan.engines:
+        gpu_args = () if plan.mode == "cpu" else (colocated, [g % plan.gpus_per_node for g in s.gpus])
+        engines.append(ray.remote(num_cpus=s.cpus, num_gpus=0)(RolloutWorker).options(
+            scheduling_strategy=at(s, capture=plan.mode != "cpu")).remote(
+            cfg.model.path, cfg.rollout, cfg.trainer.seed + s.index, *gpu_args))
+    return Workers(LearnerGroup(learners), RolloutGroup(engines), groups)
 
 
 def free_port() -> int:

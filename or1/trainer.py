@@ -110,7 +110,8 @@ class Trainer:
             check_resume_compatible(resume_from, cfg)  # before anything expensive starts
 
         t0 = time.time()
-        self.learners, self.rollouts = start_workers(cfg, self.plan)
+        self.workers = start_workers(cfg, self.plan)
+        self.learners, self.rollouts = self.workers.learners, self.workers.rollouts
         # colocated on GPUs: vLLM gives its memory back while the learners work
         self.sleeps = self.plan.mode == "colocated"
         self.rewards.start_reward_models()
@@ -228,7 +229,8 @@ class Trainer:
         if not groups:
             return
         a = self.cfg.algorithm
-        adv = apply_truncation_mask(torch.stack([g.rewards for g in groups]), torch.stack([g.truncated for g in groups]),
+        adv = apply_truncation_mask(torch.stack([g.rewards for g in groups]),
+                                    torch.stack([g.truncated for g in groups]),
                                     a.truncation_mask, a.adv_eps, a.norm_adv_by_std, a.adv_baseline)
         for g, row in zip(groups, adv):
             g.advantages = row
@@ -433,11 +435,8 @@ class Trainer:
         return True
 
     def shutdown(self) -> None:
-        import ray
-
-        for group in (getattr(self, "rollouts", None), getattr(self, "learners", None)):
-            for actor in group.actors if group is not None else []:
-                ray.kill(actor)
+        if getattr(self, "workers", None) is not None:
+            self.workers.remove()
         if getattr(self, "rewards", None) is not None:
             self.rewards.close()
 

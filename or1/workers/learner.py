@@ -19,6 +19,7 @@ from or1.algo.losses import aggregate_loss, kl_penalty, ppo_clip_loss, token_log
 from or1.batch import slice_batch
 from or1.config import ActorConfig, AlgorithmConfig, LearnerConfig, ModelConfig
 from or1.workers.backends import make_backend, torch_dtype, weight_buckets
+from or1.workers.weight_transfer import WeightPacker
 
 # Metrics each rank reports as its share of a global sum (the group adds them up); every other
 # metric is the same on all ranks (grad norm, lr, token counts) or a time (the group takes the max).
@@ -53,6 +54,7 @@ class Learner:
         self.backend = make_backend(self.learner_cfg.backend, model_cfg, actor_cfg, self.learner_cfg,
                                     self.device, world_size, with_reference=self.algo.use_kl_loss)
         self.model, self.ref_model = self.backend.model, self.backend.ref_model
+        self._packer = WeightPacker()  # reuses its (pinned, on GPUs) staging buffer for every push
 
     def has_reference_model(self) -> bool:
         return self.ref_model is not None
@@ -176,16 +178,15 @@ class Learner:
         return weight_buckets(self.backend.parameter_shapes(), torch_dtype(dtype).itemsize,
                               int(bucket_mb * 2**20))
 
-    def export_bucket(self, names: list[str], dtype: str) -> bytes | None:
-        """The named parameters, gathered from all ranks and serialised for
-        ``RolloutWorker.update_weights``. A collective: every rank calls it; rank 0 returns the
-        bytes, the others None (so only one copy enters Ray's object store)."""
-        from or1.workers.rollout import serialize_weights
-
+    def export_bucket(self, names: list[str], dtype: str):
+        """The named parameters, gathered from all ranks and packed for
+        ``RolloutWorker.update_weights`` (``or1.workers.weight_transfer``). A collective: every rank
+        calls it; rank 0 returns the buffer, the others None (one copy enters Ray's object store)."""
         full = self.backend.gather(names)
         if self.rank != 0:
             return None
-        return serialize_weights({n: t.to(torch_dtype(dtype)).cpu() for n, t in full.items()})
+        cast = torch_dtype(dtype)
+        return self._packer.pack({n: t.to(cast) for n, t in full.items()})
 
     def full_parameters(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Unsharded parameters by Hugging Face name (tied weights once), on CPU.
@@ -195,11 +196,11 @@ class Learner:
         full = self.backend.gather([n for n, _ in self.backend.parameter_shapes()])
         return {n: (t.to(dtype) if dtype is not None else t).cpu() for n, t in full.items()}
 
-    def export_weights(self, dtype: str) -> bytes:
-        """The whole policy serialised for ``RolloutWorker.update_weights`` (rank 0's copy)."""
-        from or1.workers.rollout import serialize_weights
-
-        return serialize_weights(self.full_parameters(torch_dtype(dtype)))
+    def export_weights(self, dtype: str):
+        """The whole policy in one buffer for ``RolloutWorker.update_weights`` (every rank's copy)."""
+        full = self.backend.gather([n for n, _ in self.backend.parameter_shapes()])
+        cast = torch_dtype(dtype)
+        return self._packer.pack({n: t.to(cast) for n, t in full.items()})
 
     def save_hf(self, out_dir: str, tokenizer_path: str | None = None) -> str:
         """Write the policy as a Hugging Face model directory (loadable by transformers and vLLM).

@@ -24,13 +24,6 @@ class Sample:
     truncated: bool  # stopped by the length limit rather than by EOS / a stop string
 
 
-def serialize_weights(named_tensors: dict) -> bytes:
-    """Pack tensors for ``RolloutWorker.update_weights`` (one safetensors buffer, no disk)."""
-    from safetensors.torch import save
-
-    return save({name: t.contiguous() for name, t in named_tensors.items()})
-
-
 class RolloutWorker:
     """Wrapped with ``ray.remote`` by the driver; plain class so it stays importable and testable."""
 
@@ -93,12 +86,15 @@ class RolloutWorker:
                 samples.append(Sample(i, tokens, lps, completion.finish_reason == "length"))
         return samples
 
-    def update_weights(self, payload: bytes, last: bool = True) -> int:
-        """Load new weights (a safetensors buffer, see ``serialize_weights``) in place.
+    def update_weights(self, payload, last: bool = True) -> int:
+        """Load new weights (a buffer of ``or1.workers.weight_transfer``) in place.
 
         A push may come in several buckets, each holding whole layers; ``last`` marks the final
         one, after which derived state is refreshed. Returns the number of bytes loaded.
         """
+        if not isinstance(payload, bytes):
+            # collective_rpc's msgpack transport turns arrays into lists; bytes pass through as they are
+            payload = memoryview(payload).tobytes()
         loaded = self.llm.collective_rpc("or1_update_weights", args=(payload, last))
         if last:
             # Prefix-cache entries were computed with the old weights; reusing them would mix policies.

@@ -12,30 +12,31 @@ import torch
 
 
 class WeightSyncExtension:
-    def or1_update_weights(self, payload: bytes, last: bool = True) -> int:
-        """Load a safetensors-serialised set of Hugging Face-named tensors in place; returns bytes.
+    def or1_update_weights(self, payload, last: bool = True) -> int:
+        """Load a packed set of Hugging Face-named tensors (``or1.workers.weight_transfer``) in place;
+        returns the tensor bytes loaded.
 
         The set may be part of the model (a bucket of whole decoder layers): layers absent from it
         keep their current weights. ``last`` marks the final bucket of a push.
 
-        Tensors travel as one safetensors buffer because ``collective_rpc``'s msgpack transport
-        does not carry tensors nested in containers; bytes pass through it unchanged.
+        Tensors travel as one flat buffer because ``collective_rpc``'s msgpack transport does not
+        carry tensors nested in containers; a buffer passes through it unchanged.
 
         ``reload_weights`` (vLLM's layerwise in-place reload) is used rather than the model's
         ``load_weights``: on CPU, vLLM repacks linear weights into kernel layouts after loading
         (oneDNN / sgl), and a plain ``load_weights`` would leave the packed copies stale.
         """
-        from safetensors.torch import load
+        from or1.workers.weight_transfer import payload_nbytes, unpack_weights
 
         # Layers without checkpoint tensors of their own (rotary buffers, a tied LM head) make the
         # reload warn "Failed to load weights" on every push; they are expected, not failures.
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-        named_tensors = load(payload)
+        named_tensors = unpack_weights(payload)
         self.model_runner.reload_weights(weights_iterator=iter(named_tensors.items()),
                                          is_checkpoint_format=True)
         if last:
             _repack_cpu_gemms_that_keep_weights(self.model_runner.get_model())
-        return sum(t.numel() * t.element_size() for t in named_tensors.values())
+        return payload_nbytes(named_tensors)
 
     def or1_weight_checksum(self, names: list[str]) -> dict[str, float]:
         """Sum of each named parameter as vLLM holds it (for tests that weights arrived)."""
