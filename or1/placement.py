@@ -146,11 +146,11 @@ def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) 
         scale = 1 if cfg.learner.compute_dtype in ("bfloat16", "float16") else 2  # the 34h rule counts 2-byte values
         per_layer = scale * (2 if cfg.actor.gradient_checkpointing else 34) * shape.hidden_size * tokens
         working = scale * 34 * shape.hidden_size * tokens if cfg.actor.gradient_checkpointing else 0
-        logits = 3 * 4 * shape.vocab_size * tokens
-        out["learner_activations"] = (per_layer * shape.num_layers + working + logits) / GiB
+        out["learner_activations"] = (per_layer * shape.num_layers + working) / GiB
+        out["learner_logits"] = 3 * 4 * shape.vocab_size * tokens / GiB
     out["vllm_weights"] = shape.num_params * 2 / cfg.rollout.tensor_parallel_size / GiB
     out["vllm_total"] = cfg.rollout.gpu_memory_utilization * cfg.trainer.gpu_memory_gib
-    learner_peak = out["learner_state"] + out.get("learner_activations", 0.0)
+    learner_peak = out["learner_state"] + out.get("learner_activations", 0.0) + out.get("learner_logits", 0.0)
     if plan.mode == "colocated":
         # training: vLLM asleep (level 1 keeps nothing on the GPU but a small pool); generation: the
         # learner's sharded state stays resident beside vLLM's whole share
@@ -193,6 +193,9 @@ def describe(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape | None) -> s
             lines.append(f"  WARNING: the estimated peak {mem['peak']:.1f} GiB exceeds trainer.gpu_memory_gib="
                          f"{cfg.trainer.gpu_memory_gib:g}; more GPUs, gradient checkpointing or a smaller "
                          "actor.micro_batch_size would help")
+            if mem.get("learner_logits", 0.0) > mem["learner_state"] + mem["learner_activations"]:
+                lines.append("    most of it is one micro-batch's full-vocabulary float32 logits, which or1 does not "
+                             "compute in chunks yet: shorter rollout.max_model_len or a smaller vocabulary fits")
     return "\n".join(lines)
 
 

@@ -77,8 +77,8 @@ def test_memory_estimate_by_hand():
     mem = estimate_memory_gib(cfg, plan, shape)
     assert mem["learner_state"] == pytest.approx(16.0)  # 8 Gi params x 16 bytes / 8 ranks
     tokens = 2 * 1024
-    activations = (34 * 1024 * tokens * 10 + 12 * 1000 * tokens) / 2**30
-    assert mem["learner_activations"] == pytest.approx(activations)
+    assert mem["learner_activations"] == pytest.approx(34 * 1024 * tokens * 10 / 2**30)
+    assert mem["learner_logits"] == pytest.approx(12 * 1000 * tokens / 2**30)  # float32 logits, softmax, grad
     assert mem["vllm_total"] == 40.0 and mem["vllm_weights"] == pytest.approx(16.0)
     assert mem["peak_generation"] == pytest.approx(56.0) and mem["peak"] == pytest.approx(56.0)
 

@@ -25,8 +25,6 @@ from or1.workers.weight_transfer import WeightPacker
 # metric is the same on all ranks (grad norm, lr, token counts) or a time (the group takes the max).
 RANK_PARTIAL_METRICS = ("actor/pg_loss", "actor/entropy", "actor/clipfrac", "actor/approx_kl", "actor/kl_loss")
 
-__all__ = ["Learner", "RANK_PARTIAL_METRICS"]
-
 
 class Learner:
     """Wrapped with ``ray.remote`` by the driver; a plain class so tests can also run it in-process."""
