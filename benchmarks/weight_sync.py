@@ -28,6 +28,7 @@ from benchmarks.report import report  # noqa: E402
 SHAPES = {  # Qwen2.5 configurations (hidden, layers, heads, kv heads, intermediate, vocab)
     "0.5b": (896, 24, 14, 2, 4864, 151936),
     "1.5b": (1536, 28, 12, 2, 8960, 151936),
+    "tiny-152k": (256, 2, 4, 1, 1024, 151936),  # CPU-sized body, real vocabulary (for logits memory)
 }
 
 

@@ -108,6 +108,10 @@ class LearnerConfig:
     torch_threads: int = 0  # torch intra-op threads per learner on CPU; 0: leave torch's default
     zero_stage: int = 3  # deepspeed only: ZeRO stage (3 shards parameters, gradients and optimizer state)
     deepspeed_config: dict[str, Any] = field(default_factory=dict)  # deepspeed only: keys merged over or1's config
+    # > 0: the learner never materialises a micro-batch's full-vocabulary logits; it computes log-probs and
+    # entropy this many token positions at a time, recomputing each chunk in the backward pass (long
+    # contexts: at 32K tokens x 152K vocabulary the float32 logits alone are ~19 GiB); 0: all at once
+    logits_chunk_tokens: int = 0
     # weight sync: parameters are gathered from the shards and sent to vLLM in buckets of about this
     # size (whole decoder layers), so neither side ever holds a second full copy of the model
     sync_bucket_mb: float = 512

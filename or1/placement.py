@@ -134,7 +134,8 @@ def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) 
     - learner activations, one micro-batch of full-length rows: with gradient checkpointing the
       layer inputs (hidden x 2 bytes per token and layer) plus one layer's working set; without,
       ~34 x hidden bytes per token and layer (Korthikanti et al. 2022, flash attention); plus the
-      float32 logits, their softmax and gradient (3 x 4 bytes x vocab per token).
+      float32 logits, their softmax and gradient (3 x 4 bytes x vocab per token) of the whole
+      micro-batch, or of one chunk with ``learner.logits_chunk_tokens``.
     - vLLM: rollout.gpu_memory_utilization of the GPU (weights + KV cache), its weights being
       2 bytes per parameter / tensor_parallel_size.
     """
@@ -147,7 +148,9 @@ def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) 
         per_layer = scale * (2 if cfg.actor.gradient_checkpointing else 34) * shape.hidden_size * tokens
         working = scale * 34 * shape.hidden_size * tokens if cfg.actor.gradient_checkpointing else 0
         out["learner_activations"] = (per_layer * shape.num_layers + working) / GiB
-        out["learner_logits"] = 3 * 4 * shape.vocab_size * tokens / GiB
+        # whole: every position's logits at once; chunked: one chunk's (learner.logits_chunk_tokens)
+        logit_rows = min(tokens, cfg.learner.logits_chunk_tokens) if cfg.learner.logits_chunk_tokens > 0 else tokens
+        out["learner_logits"] = 3 * 4 * shape.vocab_size * logit_rows / GiB
     out["vllm_weights"] = shape.num_params * 2 / cfg.rollout.tensor_parallel_size / GiB
     out["vllm_total"] = cfg.rollout.gpu_memory_utilization * cfg.trainer.gpu_memory_gib
     learner_peak = out["learner_state"] + out.get("learner_activations", 0.0) + out.get("learner_logits", 0.0)
@@ -194,8 +197,8 @@ def describe(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape | None) -> s
                          f"{cfg.trainer.gpu_memory_gib:g}; more GPUs, gradient checkpointing or a smaller "
                          "actor.micro_batch_size would help")
             if mem.get("learner_logits", 0.0) > mem["learner_state"] + mem["learner_activations"]:
-                lines.append("    most of it is one micro-batch's full-vocabulary float32 logits, which or1 does not "
-                             "compute in chunks yet: shorter rollout.max_model_len or a smaller vocabulary fits")
+                lines.append("    most of it is one micro-batch's full-vocabulary float32 logits: "
+                             "learner.logits_chunk_tokens=2048 computes them in chunks")
     return "\n".join(lines)
 
 

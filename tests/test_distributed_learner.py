@@ -2,7 +2,9 @@
 
 Two FSDP2 ranks, and two DeepSpeed ZeRO-3 ranks, must produce the single-process run's
 log-probs, loss, entropy and gradient norm on the same batch, and the same weights after the
-step. The batch has an odd number of rows, so one rank trains on a padding row (no loss
+step. The two-rank groups also compute their logits in chunks of 4 positions
+(``learner.logits_chunk_tokens``, recomputed in the backward pass inside sharded modules); the
+single rank computes them whole. The batch has an odd number of rows, so one rank trains on a padding row (no loss
 tokens) and the global token normaliser is what makes the ranks agree.
 """
 
@@ -30,12 +32,14 @@ def batch():
     return build_batch(prompts, responses, pad_id=0, advantages=torch.randn(len(lengths), generator=g))
 
 
-def start_group(ray, tiny_model, backend: str, world: int, micro_batch_size: int = 3) -> LearnerGroup:
+def start_group(ray, tiny_model, backend: str, world: int, micro_batch_size: int = 3,
+                logits_chunk_tokens: int = 4) -> LearnerGroup:
     from or1.workers.learner import Learner
 
     port = free_port()
     actor_cfg = ActorConfig(lr=1e-3, micro_batch_size=micro_batch_size, grad_clip=0.0)
-    learner_cfg = LearnerConfig(backend=backend, num_workers=world, torch_threads=1)
+    learner_cfg = LearnerConfig(backend=backend, num_workers=world, torch_threads=1,
+                                logits_chunk_tokens=logits_chunk_tokens)
     return LearnerGroup([ray.remote(num_cpus=0.5)(Learner).remote(
         ModelConfig(path=str(tiny_model)), actor_cfg, rank, world, "127.0.0.1", port, 0, None, learner_cfg)
         for rank in range(world)])
@@ -61,7 +65,7 @@ def _get(ref, group):
 
 @pytest.fixture(scope="module")
 def single_rank(ray_local, tiny_model, batch):
-    group = start_group(ray_local, tiny_model, "fsdp", 1, micro_batch_size=7)
+    group = start_group(ray_local, tiny_model, "fsdp", 1, micro_batch_size=7, logits_chunk_tokens=0)
     result = one_step(group, batch)
     for a in group.actors:
         ray_local.kill(a)

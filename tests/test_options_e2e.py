@@ -48,7 +48,7 @@ def test_options_set_a(tmp_path):
         "algorithm.sample_buffer.enabled=true", "algorithm.sample_buffer.min_informative_frac=1.1",
         "algorithm.sample_buffer.mix_ratio=0.25",
         "algorithm.stages=[{steps:2,max_response_length:2},{steps:0,max_response_length:8}]",
-        *TWO_BY_TWO, "learner.sync_bucket_mb=0.5",
+        *TWO_BY_TWO, "learner.sync_bucket_mb=0.5", "learner.logits_chunk_tokens=8",
     )
     steps = [r for r in records if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]

@@ -81,6 +81,8 @@ def test_memory_estimate_by_hand():
     assert mem["learner_logits"] == pytest.approx(12 * 1000 * tokens / 2**30)  # float32 logits, softmax, grad
     assert mem["vllm_total"] == 40.0 and mem["vllm_weights"] == pytest.approx(16.0)
     assert mem["peak_generation"] == pytest.approx(56.0) and mem["peak"] == pytest.approx(56.0)
+    cfg.learner.logits_chunk_tokens = 256
+    assert estimate_memory_gib(cfg, plan, shape)["learner_logits"] == pytest.approx(12 * 1000 * 256 / 2**30)
 
 
 def test_shard_rows_pads_with_rows_that_carry_no_loss():

@@ -117,3 +117,46 @@ def token_mean(values: torch.Tensor, mask: torch.Tensor, num_tokens: float | tor
     """
     num_tokens = torch.as_tensor(num_tokens, dtype=values.dtype)
     return masked_token_sum(values, mask) / torch.clamp(num_tokens, min=1.0)
+
+
+class TokenStatsHead(torch.nn.Module):
+    """Stands in for a causal LM's ``lm_head``: returns ``[B, L, 2]`` (log-prob of each token, entropy
+    there; the layout of ``token_log_probs_and_entropy``) instead of ``[B, L, vocab]`` logits.
+
+    The logits are computed ``chunk_tokens`` positions at a time, each chunk under activation
+    checkpointing, so neither the forward nor the backward pass ever holds more than one chunk
+    of float32 logits: at 32K tokens and a 152K vocabulary the full tensor alone is ~19 GiB, its
+    softmax and gradient twice that. The head keeps the original ``weight`` Parameter, so
+    parameter names, weight tying and sharding are unchanged. ``targets`` (the batch's input ids)
+    must be set before each forward.
+    """
+
+    def __init__(self, lm_head: torch.nn.Linear, chunk_tokens: int):
+        super().__init__()
+        self.weight = lm_head.weight
+        self.bias = lm_head.bias
+        self.chunk_tokens = chunk_tokens
+        self.targets: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        if self.targets is None or self.targets.shape != hidden.shape[:2]:
+            raise RuntimeError("TokenStatsHead.targets must hold the input ids of this forward")
+        batch, length, width = hidden.shape
+        flat_hidden = hidden[:, :-1].reshape(-1, width)
+        flat_targets = self.targets[:, 1:].reshape(-1)
+        parts = [checkpoint(_chunk_token_stats, flat_hidden[s:s + self.chunk_tokens],
+                            flat_targets[s:s + self.chunk_tokens], self.weight, self.bias, use_reentrant=False)
+                 for s in range(0, flat_hidden.shape[0], self.chunk_tokens)]
+        stats = torch.cat(parts) if parts else flat_hidden.new_zeros((0, 2), dtype=torch.float32)
+        return torch.nn.functional.pad(stats.view(batch, length - 1, 2), (0, 0, 1, 0))
+
+
+def _chunk_token_stats(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return torch.stack([logp, entropy], dim=-1)

@@ -17,6 +17,7 @@ import re
 
 import torch
 
+from or1.algo.losses import TokenStatsHead
 from or1.config import ActorConfig, LearnerConfig, ModelConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,13 +37,16 @@ def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int):
         optimizer, lambda k: min(1.0, (k + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
 
 
-def load_hf_model(model_cfg: ModelConfig, gradient_checkpointing: bool):
+def load_hf_model(model_cfg: ModelConfig, gradient_checkpointing: bool, logits_chunk_tokens: int = 0):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=torch_dtype(model_cfg.dtype),
                                                  trust_remote_code=model_cfg.trust_remote_code)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if logits_chunk_tokens > 0:
+        # before sharding: the head keeps the same Parameter, so names, tying and shards are unchanged
+        model.lm_head = TokenStatsHead(model.lm_head, logits_chunk_tokens)
     return model
 
 
@@ -62,7 +66,8 @@ class FSDP2Backend:
         mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch_dtype(model_cfg.dtype))
 
         def load_sharded(trainable: bool):
-            model = load_hf_model(model_cfg, trainable and actor_cfg.gradient_checkpointing).to(device)
+            model = load_hf_model(model_cfg, trainable and actor_cfg.gradient_checkpointing,
+                                  learner_cfg.logits_chunk_tokens).to(device)
             for layer in model.model.layers:
                 fully_shard(layer, mesh=mesh, mp_policy=mp)
             fully_shard(model, mesh=mesh, mp_policy=mp)
@@ -147,7 +152,7 @@ class DeepSpeedBackend:
             # While this object lives, from_pretrained builds the model already partitioned
             # (zero.Init): no rank ever holds the full model.
             self._hf_ds_config = HfDeepSpeedConfig(self.config)
-        model = load_hf_model(model_cfg, actor_cfg.gradient_checkpointing)
+        model = load_hf_model(model_cfg, actor_cfg.gradient_checkpointing, learner_cfg.logits_chunk_tokens)
         optimizer = torch.optim.AdamW(model.parameters(), lr=actor_cfg.lr, betas=tuple(actor_cfg.betas),
                                       weight_decay=actor_cfg.weight_decay)
         self.scheduler = warmup_scheduler(optimizer, actor_cfg.lr_warmup_steps)
@@ -158,7 +163,7 @@ class DeepSpeedBackend:
         self.ref_model = None
         if with_reference:
             ref_config = {k: v for k, v in self.config.items() if k != "gradient_clipping"}
-            ref = load_hf_model(model_cfg, False).eval().requires_grad_(False)
+            ref = load_hf_model(model_cfg, False, learner_cfg.logits_chunk_tokens).eval().requires_grad_(False)
             self.ref_model = deepspeed.initialize(model=ref, config=ref_config, dist_init_required=False)[0]
 
     def zero_grad(self) -> None:

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from or1.algo.losses import aggregate_loss, kl_penalty, ppo_clip_loss, token_log_probs_and_entropy
+from or1.algo.losses import TokenStatsHead, aggregate_loss, kl_penalty, ppo_clip_loss, token_log_probs_and_entropy
 from or1.batch import slice_batch
 from or1.config import ActorConfig, AlgorithmConfig, LearnerConfig, ModelConfig
 from or1.workers.backends import make_backend, torch_dtype, weight_buckets
@@ -59,9 +59,18 @@ class Learner:
 
     # --- forward passes --------------------------------------------------------------------
     def _forward(self, mb: dict[str, torch.Tensor], with_entropy: bool, model=None):
-        logits = (model or self.model)(input_ids=mb["input_ids"].to(self.device),
-                            attention_mask=mb["attention_mask"].to(self.device), use_cache=False).logits
-        return token_log_probs_and_entropy(logits, mb["input_ids"].to(self.device), with_entropy)
+        model = model or self.model
+        input_ids = mb["input_ids"].to(self.device)
+        head = getattr(model, "module", model).lm_head  # a DeepSpeed engine wraps the HF model
+        if isinstance(head, TokenStatsHead):  # learner.logits_chunk_tokens: per-token stats, not logits
+            head.targets = input_ids
+            stats = model(input_ids=input_ids, attention_mask=mb["attention_mask"].to(self.device),
+                          use_cache=False).logits
+            head.targets = None
+            return stats[..., 0], stats[..., 1] if with_entropy else None
+        logits = model(input_ids=input_ids, attention_mask=mb["attention_mask"].to(self.device),
+                       use_cache=False).logits
+        return token_log_probs_and_entropy(logits, input_ids, with_entropy)
 
     @torch.no_grad()
     def compute_log_probs(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
