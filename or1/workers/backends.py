@@ -12,6 +12,7 @@ of the global loss.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -52,8 +53,6 @@ def load_hf_model(model_cfg: ModelConfig, gradient_checkpointing: bool, logits_c
 
 class FSDP2Backend:
     """PyTorch FSDP2 (``fully_shard``): each decoder layer, then the root, sharded over all ranks."""
-
-    name = "fsdp"
 
     def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, learner_cfg: LearnerConfig,
                  device: torch.device, world_size: int, with_reference: bool):
@@ -136,8 +135,6 @@ class DeepSpeedBackend:
     The micro-batch loop marks the gradient-accumulation boundary itself (the number of
     micro-batches varies from step to step) and scales nothing by DeepSpeed's accumulation steps.
     """
-
-    name = "deepspeed"
 
     def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, learner_cfg: LearnerConfig,
                  device: torch.device, world_size: int, with_reference: bool):
@@ -247,21 +244,18 @@ def weight_buckets(shapes: list[tuple[str, tuple[int, ...]]], bytes_per_element:
     whole decoder layer, or one top-level tensor) are packed in model order; a unit larger than
     a bucket travels alone.
     """
-    units: list[tuple[list[str], int]] = []
+    units: list[list] = []  # [unit key, names, bytes], in model order
     for name, shape in shapes:
-        size = bytes_per_element
-        for d in shape:
-            size *= d
-        m = _LAYER_PREFIX.match(name)
-        key = m.group(1) if m else name
-        if units and units[-1][0] and _unit_key(units[-1][0][0]) == key:
-            units[-1] = (units[-1][0] + [name], units[-1][1] + size)
+        key, size = _unit_key(name), bytes_per_element * math.prod(shape)
+        if units and units[-1][0] == key:
+            units[-1][1].append(name)
+            units[-1][2] += size
         else:
-            units.append(([name], size))
+            units.append([key, [name], size])
     buckets: list[list[str]] = []
     current: list[str] = []
     current_bytes = 0
-    for names, size in units:
+    for _, names, size in units:
         if current and current_bytes + size > bucket_bytes:
             buckets.append(current)
             current, current_bytes = [], 0
@@ -273,5 +267,6 @@ def weight_buckets(shapes: list[tuple[str, tuple[int, ...]]], bytes_per_element:
 
 
 def _unit_key(name: str) -> str:
+    """``model.layers.3`` for any tensor of decoder layer 3; the tensor's own name otherwise."""
     m = _LAYER_PREFIX.match(name)
     return m.group(1) if m else name

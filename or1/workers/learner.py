@@ -62,15 +62,14 @@ class Learner:
         model = model or self.model
         input_ids = mb["input_ids"].to(self.device)
         head = getattr(model, "module", model).lm_head  # a DeepSpeed engine wraps the HF model
-        if isinstance(head, TokenStatsHead):  # learner.logits_chunk_tokens: per-token stats, not logits
+        chunked = isinstance(head, TokenStatsHead)  # learner.logits_chunk_tokens: per-token stats, not logits
+        if chunked:
             head.targets = input_ids
-            stats = model(input_ids=input_ids, attention_mask=mb["attention_mask"].to(self.device),
-                          use_cache=False).logits
+        out = model(input_ids=input_ids, attention_mask=mb["attention_mask"].to(self.device), use_cache=False).logits
+        if chunked:
             head.targets = None
-            return stats[..., 0], stats[..., 1] if with_entropy else None
-        logits = model(input_ids=input_ids, attention_mask=mb["attention_mask"].to(self.device),
-                       use_cache=False).logits
-        return token_log_probs_and_entropy(logits, input_ids, with_entropy)
+            return out[..., 0], out[..., 1] if with_entropy else None
+        return token_log_probs_and_entropy(out, input_ids, with_entropy)
 
     @torch.no_grad()
     def compute_log_probs(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
@@ -202,12 +201,6 @@ class Learner:
         """
         full = self.backend.gather([n for n, _ in self.backend.parameter_shapes()])
         return {n: (t.to(dtype) if dtype is not None else t).cpu() for n, t in full.items()}
-
-    def export_weights(self, dtype: str):
-        """The whole policy in one buffer for ``RolloutWorker.update_weights`` (every rank's copy)."""
-        full = self.backend.gather([n for n, _ in self.backend.parameter_shapes()])
-        cast = torch_dtype(dtype)
-        return self._packer.pack({n: t.to(cast) for n, t in full.items()})
 
     def save_hf(self, out_dir: str, tokenizer_path: str | None = None) -> str:
         """Write the policy as a Hugging Face model directory (loadable by transformers and vLLM).
