@@ -66,12 +66,12 @@ def main() -> None:
     p.add_argument("--json", default=None)
     a = p.parse_args()
 
-    from or1.config import ActorConfig, ModelConfig
+    from or1.config import ModelConfig
     from or1.workers.learner import Learner
 
     with tempfile.TemporaryDirectory() as tmp:
         path = make_model(a.shape, os.path.join(tmp, "model"))
-        learner = Learner(ModelConfig(path=path), ActorConfig(), master_port=29555)
+        learner = Learner(ModelConfig(path=path), master_port=29555)
     device = learner.device
     plan = learner.weight_bucket_plan("bfloat16", a.bucket_mb)
 

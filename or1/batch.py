@@ -1,15 +1,87 @@
-"""The padded tensor batch the learner trains on, built from generated samples.
+"""Rollout groups, and the padded tensor batch the learner trains on, built from them.
 
-Layout of row i: the prompt's tokens, then the response's tokens, then padding (right-padded),
-so positions are 0..len-1 exactly as vLLM saw them. ``response_mask[i, t]`` is 1 where token t
-is a response token (those carry loss); per-token tensors are aligned with ``input_ids``.
+A ``Group`` is the n responses to one prompt with what the step learned about them; the driver,
+the sample buffer and the batch builder all use this one type.
+
+Layout of batch row i: the prompt's tokens, then the response's tokens, then padding
+(right-padded), so positions are 0..len-1 exactly as vLLM saw them. ``response_mask[i, t]`` is 1
+where token t is a response token (those carry loss); per-token tensors are aligned with
+``input_ids``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+
+@dataclass
+class Group:
+    """The responses to one prompt, their scores and (once computed) their advantages."""
+
+    prompt_index: int  # index into the training data; -1 when unknown (buffer entries of old checkpoints)
+    prompt_ids: list[int]
+    responses: list[list[int]]
+    rewards: torch.Tensor  # [size] float
+    correct: torch.Tensor  # [size] float, 0/1
+    truncated: torch.Tensor  # [size] bool: stopped by the length limit
+    rollout_log_probs: list[list[float]] | None = None  # vLLM's log-prob of each sampled token (fresh groups)
+    advantages: torch.Tensor | None = None  # [size], set by the driver
+    replayed: bool = False  # from the sample buffer: its advantages were computed when it was generated
+
+    @property
+    def size(self) -> int:
+        """Responses in the group (rollout.n when it was generated)."""
+        return len(self.responses)
+
+    def response_tokens(self) -> int:
+        return sum(len(r) for r in self.responses)
+
+    def state_dict(self) -> dict:
+        """Plain-JSON form (sample buffer checkpoints): what a replay needs, without vLLM's log-probs."""
+        return {"prompt_index": self.prompt_index, "prompt_ids": self.prompt_ids, "responses": self.responses,
+                "rewards": self.rewards.tolist(), "correct": self.correct.tolist(),
+                "truncated": self.truncated.tolist(),
+                "advantages": None if self.advantages is None else self.advantages.tolist()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Group":
+        size = len(state["responses"])
+        zeros = [0.0] * size  # buffer entries of checkpoints before 2026-11-24 carry advantages only
+        return cls(state.get("prompt_index", -1), list(state["prompt_ids"]), [list(r) for r in state["responses"]],
+                   torch.tensor(state.get("rewards", zeros), dtype=torch.float32),
+                   torch.tensor(state.get("correct", zeros), dtype=torch.float32),
+                   torch.tensor(state.get("truncated", [False] * size), dtype=torch.bool),
+                   advantages=None if state.get("advantages") is None
+                   else torch.tensor(state["advantages"], dtype=torch.float32))
+
+
+def group_rows(sizes: Sequence[int], groups: Sequence[int]) -> list[int]:
+    """Batch rows of the given groups, in that order, when group g occupies ``sizes[g]`` consecutive
+    rows after the groups before it. Groups of different sizes are never split."""
+    starts = [0]
+    for s in sizes:
+        starts.append(starts[-1] + s)
+    return [row for g in groups for row in range(starts[g], starts[g + 1])]
+
+
+def batch_from_groups(groups: Sequence[Group], pad_id: int) -> dict[str, torch.Tensor]:
+    """The padded batch of every response of ``groups`` (group order, then response order).
+
+    Adds ``advantages`` (``[B]``), ``rollout_log_probs`` (vLLM's values; 0 for replayed groups) and
+    ``fresh`` (``[B]`` bool: the row was sampled by vLLM this step, so its log-probs are comparable).
+    """
+    if any(g.advantages is None for g in groups):
+        raise ValueError("every group needs its advantages before it becomes a batch")
+    rows = [(g, i) for g in groups for i in range(g.size)]
+    batch = build_batch([g.prompt_ids for g, _ in rows], [g.responses[i] for g, i in rows], pad_id,
+                        torch.cat([g.advantages for g in groups]) if groups else torch.zeros(0),
+                        [g.rollout_log_probs[i] if g.rollout_log_probs is not None else [0.0] * len(g.responses[i])
+                         for g, i in rows])
+    batch["fresh"] = torch.tensor([g.rollout_log_probs is not None for g, _ in rows], dtype=torch.bool)
+    return batch
 
 
 def build_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],

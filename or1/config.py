@@ -2,16 +2,93 @@
 
 Every option is documented once, here, next to its field. Recipes in ``recipes/`` are YAML files
 whose ``defaults`` list starts with ``or1_config`` (this schema), so a typo in a recipe or on the
-command line is an error at start-up, not a silently ignored key.
+command line is an error at start-up, not a silently ignored key. Choices are Enums: Hydra refuses
+``algorithm.truncation_mask=sometimes`` at composition, naming the valid values.
+
+Sections, by what they hold: ``model``, ``data``, ``rollout`` (vLLM sampling and engines),
+``optim`` (the optimizer), ``algorithm`` (what is optimised: advantages, clipping, PPO epochs and
+mini-batches, loss aggregation, KL, entropy, filtering, stages), ``learner`` (how it is computed:
+backend, ranks, micro-batches, precision), ``reward``, ``trainer`` (the loop, logging,
+checkpoints, the cluster). Batch sizes name their unit: prompts, groups, sequences or tokens.
+
+Cross-field consistency is checked by ``validate_config`` before anything starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import logging
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+log = logging.getLogger("or1")
+
+
+class Choice(str, Enum):
+    """A configuration choice: its name is its value, it compares equal to that string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DType(Choice):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class AdvBaseline(Choice):
+    mean = "mean"  # GRPO / OR1: the group's mean reward
+    leave_one_out = "leave_one_out"  # RLOO: the mean of the other responses of the group
+
+
+class TruncationMask(Choice):
+    none = "none"  # truncated responses are ordinary samples (OR1's adopted No-Adv-Mask)
+    before = "before"  # left out of the group statistics, advantage 0
+    after = "after"  # statistics over all responses, then advantage 0
+
+
+class LossAgg(Choice):
+    token_mean = "token_mean"  # OR1: every response token of the optimizer batch weighs the same
+    seq_mean_token_mean = "seq_mean_token_mean"  # original GRPO: mean over sequences of per-sequence means
+    seq_mean_token_sum = "seq_mean_token_sum"  # Dr. GRPO-like: token sums / number of sequences
+
+
+class KLEstimator(Choice):
+    k1 = "k1"
+    k2 = "k2"
+    k3 = "k3"
+
+
+class EntropyMode(Choice):
+    adaptive = "adaptive"  # OR1's controller: a bonus only while entropy is below the target
+    fixed = "fixed"  # a constant bonus coefficient (fixed_coef; 0 turns the bonus off)
+
+
+class LearnerBackend(Choice):
+    fsdp = "fsdp"  # PyTorch FSDP2
+    deepspeed = "deepspeed"  # DeepSpeed ZeRO
+
+
+class Placement(Choice):
+    colocated = "colocated"
+    split = "split"
+
+
+class LoggerKind(Choice):
+    console = "console"
+    jsonl = "jsonl"
+    wandb = "wandb"
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
 
 
 @dataclass
@@ -19,7 +96,8 @@ class TinyBootstrapConfig:
     """Creates a tiny model and the synthetic arithmetic data when they are missing.
 
     Only the ``tiny_cpu`` recipe turns this on, so that ``python -m or1.train`` runs end to end on
-    a fresh machine with no downloaded weights. Real recipes point ``model.path`` at a checkpoint.
+    a fresh machine with no downloaded weights. Files are only ever created inside
+    ``trainer.output_dir``: a ``model.path`` or data file elsewhere must exist like in any recipe.
     """
 
     enabled: bool = False
@@ -38,8 +116,8 @@ class TinyBootstrapConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = MISSING  # Hugging Face model directory or hub name (on clusters that reach the hub)
-    dtype: str = "float32"  # dtype of the learner's master weights: float32 | bfloat16
+    path: str = MISSING  # Hugging Face model directory, or a hub name (org/name) on clusters that reach the hub
+    dtype: DType = DType.float32  # dtype of the learner's master weights (float32; bfloat16 loses small updates)
     trust_remote_code: bool = False
     # parameters in billions, for trainer.dry_run's memory estimate when model.path's config.json
     # cannot be read on the planning machine (e.g. a hub name offline); None: count from the config
@@ -51,23 +129,23 @@ class DataConfig:
     train_files: list[str] = field(default_factory=list)  # jsonl files of {prompt, answer, data_source, ...}
     val_files: list[str] = field(default_factory=list)  # held-out jsonl files scored by validation
     prompt_key: str = "prompt"  # row field holding the user message
-    max_prompt_length: int = 1024  # prompts longer than this (in tokens) are dropped at load, with a count
+    max_prompt_length: int = 1024  # tokens; longer prompts are dropped at load, with a count
     shuffle: bool = True  # reshuffle the training prompts every epoch (seeded by trainer.seed)
     apply_chat_template: bool = True  # wrap the prompt as one user message with the tokenizer's template
 
 
 @dataclass
 class RolloutConfig:
-    n: int = 16  # responses sampled per prompt (the GRPO group size)
+    n: int = 16  # responses sampled per prompt: the GRPO group size
     temperature: float = 1.0  # OR1 samples at 1.0; lower temperatures collapse entropy
     top_p: float = 1.0
     max_response_length: int = 8192  # tokens; responses cut here are "truncated"
-    max_model_len: int = 10240  # vLLM context: must hold prompt + response
-    dtype: str = "bfloat16"  # vLLM weight dtype; float32 works on CPU and makes log-probs match exactly
+    max_model_len: int = 10240  # tokens of vLLM context: must hold prompt + response
+    dtype: DType = DType.bfloat16  # vLLM weight dtype; float32 works on CPU and makes log-probs match exactly
     tensor_parallel_size: int = 1  # GPUs per vLLM engine (on one node)
     num_engines: int = 1  # vLLM engines; prompts are split evenly between them, a prompt's n responses stay in one
     gpu_memory_utilization: float = 0.85  # on CPU: the share of host memory vLLM may take
-    cpu_kvcache_space_gib: Optional[int] = None  # sets VLLM_CPU_KVCACHE_SPACE in whole GiB (CPU only); None: vLLM default
+    cpu_kvcache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE in whole GiB (CPU only); None: vLLM default
     enforce_eager: bool = False  # True skips graph capture / compilation (faster start, used on CPU)
     enable_prefix_caching: bool = True  # the cache is reset after every weight push
     num_cpus: float = 1  # Ray CPUs reserved for each rollout actor
@@ -76,67 +154,51 @@ class RolloutConfig:
     sleep_level: int = 1
     vllm_log_level: str = "WARNING"  # VLLM_LOGGING_LEVEL inside the actor unless already set
     val_n: int = 1  # samples per validation prompt
-    val_temperature: float = 0.0  # 0: greedy validation
+    val_temperature: float = 0.0  # 0: greedy validation (then val_n > 1 repeats the same answer)
 
 
 @dataclass
-class ActorConfig:
-    lr: float = 1e-6  # AdamW learning rate, constant after the warm-up (OR1: constant)
+class OptimConfig:
+    """The optimizer: AdamW with a linear warm-up, then a constant rate (OR1: constant 1e-6)."""
+
+    lr: float = 1e-6
     lr_warmup_steps: int = 0  # optimizer steps of linear warm-up from 0 to lr (checkpointed)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping
-    clip_low: float = 0.2  # PPO ratio clip: ratio >= 1 - clip_low
-    clip_high: float = 0.2  # PPO ratio clip: ratio <= 1 + clip_high (> clip_low: DAPO's clip-higher)
-    dual_clip: Optional[float] = None  # c > 1: caps a negative-advantage token's loss at -c*A; None: off
-    ppo_epochs: int = 1  # passes over each rollout batch (OR1: 1; Math-7B: 1 pass in 2 mini-batches)
-    mini_batch_size: int = 0  # prompt groups per optimizer step; 0: the whole batch in one step
-    micro_batch_size: int = 8  # sequences per forward/backward per learner rank; does not change the loss
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass (long contexts)
 
 
 @dataclass
-class LearnerConfig:
-    """How the policy is trained: the backend and the data-parallel group (what is optimised: ``actor``)."""
+class KLConfig:
+    """A KL penalty against the frozen start policy. OR1 uses none: no reference model is loaded at all."""
 
-    backend: str = "fsdp"  # fsdp (PyTorch FSDP2) | deepspeed (ZeRO, stage ``zero_stage``); same interface
-    # dtype of forward and backward: bfloat16 on GPUs (FSDP2 mixed precision / DeepSpeed bf16) keeps the
-    # master weights, gradient reduction and optimizer in model.dtype; float32: everything in float32
-    compute_dtype: str = "float32"
-    num_workers: int = 1  # data-parallel learner ranks, one Ray actor each (one GPU each on GPU clusters)
-    num_cpus: float = 1  # Ray CPUs reserved for each learner actor
-    torch_threads: int = 0  # torch intra-op threads per learner on CPU; 0: leave torch's default
-    zero_stage: int = 3  # deepspeed only: ZeRO stage (3 shards parameters, gradients and optimizer state)
-    deepspeed_config: dict[str, Any] = field(default_factory=dict)  # deepspeed only: keys merged over or1's config
-    # > 0: the learner never materialises a micro-batch's full-vocabulary logits; it computes log-probs and
-    # entropy this many token positions at a time, recomputing each chunk in the backward pass (long
-    # contexts: at 32K tokens x 152K vocabulary the float32 logits alone are ~19 GiB); 0: all at once
-    logits_chunk_tokens: int = 0
-    # weight sync: parameters are gathered from the shards and sent to vLLM in buckets of about this
-    # size (whole decoder layers), so neither side ever holds a second full copy of the model
-    sync_bucket_mb: float = 512
+    enabled: bool = False
+    coef: float = 0.001
+    estimator: KLEstimator = KLEstimator.k3  # k3: unbiased and low-variance
 
 
 @dataclass
 class EntropyConfig:
-    """Adaptive entropy control: a bonus switched on only while entropy is below ``target``."""
+    """The entropy bonus: OR1's adaptive controller, or a fixed coefficient."""
 
-    adaptive: bool = True  # OR1's controller; False: a fixed bonus coefficient ``fixed_coef``
-    target: float = 0.2  # target entropy (nats per token)
-    delta: float = 0.005  # change of the coefficient per step (paper 0.005; released scripts 1e-4)
-    min_coef: float = 0.0
+    mode: EntropyMode = EntropyMode.adaptive
+    target: float = 0.2  # adaptive: target entropy (nats per token)
+    delta: float = 0.005  # adaptive: change of the coefficient per step (paper 0.005; released scripts 1e-4)
+    min_coef: float = 0.0  # adaptive: the coefficient stays in [min_coef, max_coef]
     max_coef: float = 0.005
-    fixed_coef: float = 0.0  # used when adaptive is False; 0: no entropy bonus
+    fixed_coef: float = 0.0  # fixed: the bonus coefficient every step; 0: no entropy bonus
 
 
 @dataclass
 class FilterConfig:
     """Online filtering of prompt groups and removal of mastered prompts."""
 
-    zero_variance: bool = True  # drop groups whose rewards are all equal (all right / all wrong) from the update
-    refill: bool = False  # generate for more prompts until batch_size informative groups are kept (DAPO)
+    # drop groups whose advantages are all zero (all-equal rewards, or every signal masked by
+    # algorithm.truncation_mask) from the update: they carry no gradient and only dilute the token mean
+    drop_zero_advantage: bool = True
+    refill: bool = False  # generate for more prompts until trainer.prompts_per_step groups are kept (DAPO)
     max_refill_rounds: int = 4  # extra generation rounds per step at most; then train on what was kept
-    drop_mastered: bool = False  # prompts whose group accuracy reached mastered_threshold are not sampled in later epochs
+    drop_mastered: bool = False  # prompts whose group accuracy reached mastered_threshold leave later epochs
     mastered_threshold: float = 1.0
 
 
@@ -145,9 +207,9 @@ class SampleBufferConfig:
     """Selective Sample Buffer (Skywork-R1V2): replay recent informative groups into starved batches."""
 
     enabled: bool = False
-    capacity: int = 256  # prompt groups kept (most recent first out)
-    min_informative_frac: float = 0.5  # mix buffered groups in when fewer of the batch's groups are informative
-    mix_ratio: float = 0.25  # buffered groups added, as a fraction of trainer.batch_size
+    capacity_groups: int = 256  # groups kept (the oldest leaves first)
+    min_informative_frac: float = 0.5  # replay when fewer of the generated groups than this carry a non-zero advantage
+    mix_ratio: float = 0.25  # groups replayed, as a fraction of trainer.prompts_per_step
 
 
 @dataclass
@@ -158,19 +220,52 @@ class StageConfig:
 
 @dataclass
 class AlgorithmConfig:
-    adv_eps: float = 1e-6  # A = (r - mean) / (std + adv_eps) within each prompt group
-    norm_adv_by_std: bool = True  # False: Dr. GRPO-style A = r - mean
-    adv_baseline: str = "mean"  # mean (GRPO/OR1) | leave_one_out (RLOO: mean of the other responses)
-    truncation_mask: str = "off"  # responses cut at the length limit: off (OR1) | before | after (see docs/algorithm.md)
-    loss_agg_mode: str = "token_mean"  # token_mean (OR1) | seq_mean_token_mean | seq_mean_token_sum
-    use_kl_loss: bool = False  # OR1: no KL; when False no reference model is loaded at all
-    kl_coef: float = 0.001
-    kl_estimator: str = "k3"  # k1 | k2 | k3 (low variance)
+    """What is optimised (see docs/algorithm.md for every formula)."""
+
+    adv_baseline: AdvBaseline = AdvBaseline.mean
+    norm_adv_by_std: bool = True  # A = (r - b) / (std + adv_eps); False: Dr. GRPO's A = r - b
+    adv_eps: float = 1e-6
+    truncation_mask: TruncationMask = TruncationMask.none  # responses cut at the length limit
+    loss_agg_mode: LossAgg = LossAgg.token_mean
+    clip_low: float = 0.2  # PPO ratio clip: ratio >= 1 - clip_low
+    clip_high: float = 0.2  # PPO ratio clip: ratio <= 1 + clip_high (> clip_low: DAPO's clip-higher)
+    dual_clip: Optional[float] = None  # c > 1: caps a negative-advantage token's loss at -c*A; None: off
+    ppo_epochs: int = 1  # passes over each rollout batch (OR1: 1)
+    # groups per optimizer step; the kept groups are split into ceil(groups / mini_batch_groups)
+    # near-equal mini-batches (never a tiny tail step); 0: the whole batch in one step (OR1 7B/32B;
+    # Math-7B: 128 of 256)
+    mini_batch_groups: int = 0
+    kl: KLConfig = field(default_factory=KLConfig)
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     sample_buffer: SampleBufferConfig = field(default_factory=SampleBufferConfig)
     # multi-stage context growth inside one run (e.g. 8K -> 16K -> 32K); empty: rollout.max_response_length throughout
     stages: list[StageConfig] = field(default_factory=list)
+
+
+@dataclass
+class LearnerConfig:
+    """How the policy is trained: backend, data-parallel ranks, micro-batches, precision."""
+
+    backend: LearnerBackend = LearnerBackend.fsdp  # same interface and arithmetic for both
+    # dtype of forward and backward: bfloat16 on GPUs (FSDP2 mixed precision / DeepSpeed bf16) keeps the
+    # master weights, gradient reduction and optimizer in model.dtype; float32: everything in float32.
+    # float16 is refused: it needs loss scaling, which or1 does not implement
+    compute_dtype: DType = DType.float32
+    num_workers: int = 1  # data-parallel learner ranks, one Ray actor each (one GPU each on GPU clusters)
+    num_cpus: float = 1  # Ray CPUs reserved for each learner actor
+    torch_threads: int = 0  # torch intra-op threads per learner on CPU; 0: leave torch's default
+    micro_batch_sequences: int = 8  # sequences per forward/backward per learner rank; does not change the loss
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (long contexts)
+    zero_stage: int = 3  # deepspeed only: ZeRO stage (3 shards parameters, gradients and optimizer state)
+    deepspeed_config: dict[str, Any] = field(default_factory=dict)  # deepspeed only: keys merged over or1's config
+    # > 0: the learner never materialises a micro-batch's full-vocabulary logits; it computes log-probs and
+    # entropy this many token positions at a time, recomputing each chunk in the backward pass (long
+    # contexts: at 32K tokens x 152K vocabulary the float32 logits alone are ~19 GiB); 0: all at once
+    logits_chunk_tokens: int = 0
+    # weight sync: parameters are gathered from the shards and sent to vLLM in buckets of about this
+    # size (whole decoder layers), so neither side ever holds a second full copy of the model
+    sync_bucket_mb: float = 512
 
 
 @dataclass
@@ -187,12 +282,20 @@ class RewardTerm:
 
 
 @dataclass
+class RewardRoute:
+    """The reward of rows with one data_source: one function (``fn``) or a weighted sum (``terms``)."""
+
+    fn: str = ""  # a single term of weight 1 ...
+    terms: list[RewardTerm] = field(default_factory=list)  # ... or, when non-empty, these instead
+
+
+@dataclass
 class RewardModelConfig:
     """A sequence-classification reward model served by its own Ray actor (term ``fn: rm:<name>``)."""
 
     path: str = MISSING  # Hugging Face directory or hub name of an AutoModelForSequenceClassification (1 label)
-    dtype: str = "bfloat16"
-    batch_size: int = 16  # (prompt, response) pairs per forward pass
+    dtype: DType = DType.bfloat16
+    batch_sequences: int = 16  # (prompt, response) pairs per forward pass
     max_length: int = 4096  # tokens; longer conversations are truncated
     prompt_key: str = "prompt"  # row field holding the user message the response answers
     num_cpus: float = 1
@@ -204,7 +307,7 @@ class SandboxConfig:
     """The code-execution service the code verifier (or1.rewards.code:score) calls."""
 
     start_local: bool = False  # start `python -m sandbox` on this machine for the run (stopped at exit)
-    url: Optional[str] = None  # or use a running service, e.g. http://sandbox-host:8765
+    url: Optional[str] = None  # or use a running service, e.g. http://sandbox-host:8765 (checked at start-up)
     max_concurrency: int = 0  # programs the local service runs at once; 0: one per CPU core
 
 
@@ -214,12 +317,18 @@ class RewardConfig:
     fn: str = "or1.rewards.math:score"
     # ... or, when non-empty, this weighted sum (e.g. correctness + 0.1 * format); fn is then unused
     terms: list[RewardTerm] = field(default_factory=list)
-    # data_source -> its own weighted terms, e.g. {code: [{fn: or1.rewards.code:score}]}
-    routes: dict[str, list[RewardTerm]] = field(default_factory=dict)
+    # data_source -> its own reward, e.g. {code: {fn: or1.rewards.code:score}}
+    routes: dict[str, RewardRoute] = field(default_factory=dict)
     fallback_score: float = 0.0  # a term that raises, times out or crashes scores this (counted, logged)
-    timeout_s: float = 10.0  # hard wall-clock limit per term and response; the worker is killed after it
+    # hard wall-clock limit per term and response (the worker is killed after it), for functions that
+    # declare no deadline of their own; the code verifier derives its deadline from the test count
+    # and per-test limit, so a slow correct program is never cut short
+    timeout_s: float = 10.0
     num_workers: int = 2  # reward worker processes
     memory_mb: int = 4096  # address-space cap of each worker process
+    # stop the run when every reward of this many consecutive steps failed or timed out (a broken
+    # reward function, an unreachable sandbox): training on fallback scores learns nothing
+    max_failed_steps: int = 3
     reward_models: dict[str, RewardModelConfig] = field(default_factory=dict)  # name -> model, for "rm:<name>" terms
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
@@ -227,20 +336,25 @@ class RewardConfig:
 @dataclass
 class TrainerConfig:
     total_steps: int = 100  # policy updates (one rollout batch each)
-    batch_size: int = 256  # prompts per rollout batch (each gets rollout.n responses)
+    # prompts sampled per step, each getting rollout.n responses (one group each); with
+    # algorithm.filter.refill, the number of groups with a non-zero advantage to collect
+    prompts_per_step: int = 256
     output_dir: str = "outputs/run"  # metrics.jsonl, checkpoints and the resolved config go here
     seed: int = 0  # seeds data order, torch and vLLM sampling
     val_every: int = 0  # validate every k steps (0: only before and after training)
     val_before_train: bool = True
-    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "wandb"])  # of console|jsonl|wandb
-    wandb_mode: str = "offline"  # offline | online | disabled
+    loggers: list[LoggerKind] = field(
+        default_factory=lambda: [LoggerKind.console, LoggerKind.jsonl, LoggerKind.wandb])
+    wandb_mode: WandbMode = WandbMode.offline
     project: str = "or1"
     experiment_name: str = "run"
-    ray_address: Optional[str] = None  # join an existing Ray cluster ("auto" or host:port); None: start one
+    # join an existing Ray cluster ("auto" or host:port, checked to answer before Ray is asked);
+    # None: start a new local Ray for this run (never joins a cluster by accident)
+    ray_address: Optional[str] = None
     ray_num_cpus: Optional[int] = None  # CPUs of a locally started Ray; None: all of the machine's
     # GPU placement: colocated (learner rank i and a vLLM shard share GPU i; vLLM sleeps while the learner
     # trains) | split (learners on the first learner.num_workers GPUs, vLLM engines on the rest)
-    placement: str = "colocated"
+    placement: Placement = Placement.colocated
     nnodes: int = 1  # nodes of the Ray cluster the run uses (multi-node: trainer.ray_address=auto)
     gpus_per_node: int = 0  # GPUs used per node; 0: a CPU-only run (learners and vLLM on CPU cores)
     gpu_memory_gib: float = 80.0  # memory of one GPU, for the dry-run memory estimate
@@ -263,12 +377,188 @@ class OR1Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    actor: ActorConfig = field(default_factory=ActorConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="or1_config", node=OR1Config)
+
+
+# Keys renamed when the configuration was regrouped (2026-11-24): old name -> new name. An old
+# key on the command line or in a recipe is refused with its new name.
+RENAMED = {
+    "actor.lr": "optim.lr", "actor.lr_warmup_steps": "optim.lr_warmup_steps", "actor.betas": "optim.betas",
+    "actor.weight_decay": "optim.weight_decay", "actor.grad_clip": "optim.grad_clip",
+    "actor.clip_low": "algorithm.clip_low", "actor.clip_high": "algorithm.clip_high",
+    "actor.dual_clip": "algorithm.dual_clip", "actor.ppo_epochs": "algorithm.ppo_epochs",
+    "actor.mini_batch_size": "algorithm.mini_batch_groups",
+    "actor.micro_batch_size": "learner.micro_batch_sequences",
+    "actor.gradient_checkpointing": "learner.gradient_checkpointing",
+    "algorithm.use_kl_loss": "algorithm.kl.enabled", "algorithm.kl_coef": "algorithm.kl.coef",
+    "algorithm.kl_estimator": "algorithm.kl.estimator",
+    "algorithm.entropy.adaptive": "algorithm.entropy.mode (adaptive | fixed)",
+    "algorithm.filter.zero_variance": "algorithm.filter.drop_zero_advantage",
+    "algorithm.sample_buffer.capacity": "algorithm.sample_buffer.capacity_groups",
+    "trainer.batch_size": "trainer.prompts_per_step",
+}
+
+
+# --- checks on the composed configuration -----------------------------------------------------
+class ConfigError(ValueError):
+    """An inconsistent or unknown setting, found before anything starts."""
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys of the composed config that the schema does not have, as dotted paths (Hydra's
+    ``+trainer.totl_steps=3`` adds them to typed sections without complaint)."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if node is None or node._is_none() or node._is_missing() or node._is_interpolation():
+            return
+        if isinstance(node, DictConfig):
+            schema = OmegaConf.get_type(node)
+            allowed = {f.name for f in fields(schema)} if is_dataclass(schema) else None  # plain dicts: any key
+            for key in node.keys():
+                if allowed is not None and key not in allowed:
+                    found.append(f"{path}{key}")
+                else:
+                    walk(node._get_node(key), f"{path}{key}.")
+        elif isinstance(node, ListConfig):
+            for i in range(len(node)):
+                walk(node._get_node(i), f"{path}{i}.")
+
+    walk(cfg, "")
+    return found
+
+
+def refuse_unknown_keys(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` naming every unknown key, with its new name or the closest known one."""
+    unknown = unknown_keys(cfg)
+    if not unknown:
+        return
+    lines = []
+    for key in unknown:
+        value = OmegaConf.select(cfg, key)
+        leaves = _leaf_keys(value, key) if isinstance(value, DictConfig) else [key]
+        for leaf_key in leaves:
+            section, _, leaf = leaf_key.rpartition(".")
+            parent = OmegaConf.select(cfg, section) if section else cfg
+            schema = OmegaConf.get_type(parent) if isinstance(parent, DictConfig) else None
+            known = [f.name for f in fields(schema)] if is_dataclass(schema) else []
+            close = difflib.get_close_matches(leaf, known, n=1)
+            if leaf_key in RENAMED:
+                lines.append(f"{leaf_key}: renamed to {RENAMED[leaf_key]}")
+            elif close:
+                suggestion = f"{section}.{close[0]}" if section else close[0]
+                lines.append(f"{leaf_key}: no such option; did you mean {suggestion}?")
+            else:
+                lines.append(f"{leaf_key}: no such option")
+    raise ConfigError("unknown configuration keys (every option is documented in or1/config.py):\n  "
+                      + "\n  ".join(lines))
+
+
+def renamed_keys_hint(overrides: list[str]) -> str | None:
+    """The rename of every command-line override that uses a key renamed in ``RENAMED``, or None."""
+    hits = []
+    for arg in overrides:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key in RENAMED:
+            hits.append(f"{key}: renamed to {RENAMED[key]}")
+    return ("renamed configuration keys:\n  " + "\n  ".join(hits)) if hits else None
+
+
+def _leaf_keys(node: DictConfig, prefix: str) -> list[str]:
+    out = []
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and len(child):
+            out += _leaf_keys(child, f"{prefix}.{key}")
+        else:
+            out.append(f"{prefix}.{key}")
+    return out
+
+
+def validate_config(cfg: OR1Config) -> list[str]:
+    """Refuse inconsistent settings with a message naming the fields; return warnings for
+    settings that are legal but almost certainly not what was meant (also logged)."""
+    a, r, lr, t, o = cfg.algorithm, cfg.rollout, cfg.learner, cfg.trainer, cfg.optim
+    errors: list[str] = []
+    warnings: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            errors.append(message)
+
+    need(t.total_steps >= 0, f"trainer.total_steps must be >= 0, got {t.total_steps}")
+    need(t.prompts_per_step >= 1, f"trainer.prompts_per_step must be >= 1, got {t.prompts_per_step}")
+    need(r.n >= 1, f"rollout.n must be >= 1, got {r.n}")
+    need(r.val_n >= 1, f"rollout.val_n must be >= 1, got {r.val_n}")
+    need(r.temperature >= 0 and r.val_temperature >= 0, "rollout.temperature and rollout.val_temperature must be >= 0")
+    need(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    need(r.max_response_length >= 1, f"rollout.max_response_length must be >= 1, got {r.max_response_length}")
+    need(r.sleep_level in (1, 2), f"rollout.sleep_level must be 1 or 2, got {r.sleep_level}")
+    need(a.ppo_epochs >= 1, f"algorithm.ppo_epochs must be >= 1, got {a.ppo_epochs}")
+    need(a.mini_batch_groups >= 0, f"algorithm.mini_batch_groups must be >= 0 (0: the whole batch), "
+                                   f"got {a.mini_batch_groups}")
+    need(a.dual_clip is None or a.dual_clip > 1, f"algorithm.dual_clip must be > 1 (or null), got {a.dual_clip}")
+    need(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low and algorithm.clip_high must be >= 0")
+    need(a.clip_low < 1, f"algorithm.clip_low must be < 1 (the ratio's lower bound is 1 - clip_low), got {a.clip_low}")
+    e = a.entropy
+    need(e.min_coef <= e.max_coef, f"algorithm.entropy.min_coef={e.min_coef} is above algorithm.entropy.max_coef="
+                                   f"{e.max_coef}: the coefficient would have no valid value")
+    need(e.delta >= 0, f"algorithm.entropy.delta must be >= 0, got {e.delta}")
+    need(a.filter.max_refill_rounds >= 0, "algorithm.filter.max_refill_rounds must be >= 0")
+    need(0 <= a.filter.mastered_threshold <= 1, "algorithm.filter.mastered_threshold must be in [0, 1]")
+    need(a.sample_buffer.capacity_groups >= 1, "algorithm.sample_buffer.capacity_groups must be >= 1")
+    need(a.sample_buffer.mix_ratio >= 0, "algorithm.sample_buffer.mix_ratio must be >= 0")
+    for i, st in enumerate(a.stages):
+        need(st.steps >= 0 and st.max_response_length >= 1,
+             f"algorithm.stages[{i}] needs steps >= 0 and max_response_length >= 1")
+    need(lr.compute_dtype != DType.float16,
+         "learner.compute_dtype=float16 is not supported: half precision needs loss scaling, which or1 does not "
+         "implement (FSDP2 would train without it, DeepSpeed would silently compute in float32); use bfloat16")
+    need(cfg.model.dtype != DType.float16,
+         "model.dtype=float16 is not supported for the master weights; use float32 (or bfloat16)")
+    need(lr.num_workers >= 1, f"learner.num_workers must be >= 1, got {lr.num_workers}")
+    need(lr.micro_batch_sequences >= 1, f"learner.micro_batch_sequences must be >= 1, got {lr.micro_batch_sequences}")
+    need(lr.logits_chunk_tokens >= 0, "learner.logits_chunk_tokens must be >= 0 (0: whole logits)")
+    need(lr.backend != LearnerBackend.deepspeed or lr.zero_stage in (0, 1, 2, 3),
+         f"learner.zero_stage must be 0..3, got {lr.zero_stage}")
+    need(lr.sync_bucket_mb > 0, f"learner.sync_bucket_mb must be > 0, got {lr.sync_bucket_mb}")
+    need(o.lr >= 0 and o.lr_warmup_steps >= 0, "optim.lr and optim.lr_warmup_steps must be >= 0")
+    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas must be two values in [0, 1), "
+                                                                  f"got {list(o.betas)}")
+    rw = cfg.reward
+    need(rw.timeout_s > 0, f"reward.timeout_s must be > 0, got {rw.timeout_s}")
+    need(rw.num_workers >= 1, f"reward.num_workers must be >= 1, got {rw.num_workers}")
+    need(rw.max_failed_steps >= 1, f"reward.max_failed_steps must be >= 1, got {rw.max_failed_steps}")
+    for source, route in rw.routes.items():
+        need(bool(route.fn) or bool(route.terms),
+             f"reward.routes.{source} names no reward: give it fn: <function> or terms: [...]")
+    need(t.resume in ("auto", "off") or bool(t.resume), "trainer.resume must be auto, off or a path")
+    longest = max([st.max_response_length for st in a.stages], default=r.max_response_length)
+    needed = cfg.data.max_prompt_length + longest
+    need(r.max_model_len >= needed, f"rollout.max_model_len={r.max_model_len} cannot hold data.max_prompt_length + "
+                                    f"the longest response limit = {needed}")
+    if errors:
+        raise ConfigError("inconsistent settings:\n  " + "\n  ".join(errors))
+
+    if r.n < 2:
+        warnings.append(f"rollout.n={r.n}: groups of one response have zero advantage; nothing will be learned")
+    if r.val_n > 1 and r.val_temperature == 0:
+        warnings.append(f"rollout.val_n={r.val_n} with rollout.val_temperature=0: greedy decoding gives the same "
+                        f"answer {r.val_n} times (set val_temperature > 0 for avg@k, or val_n=1)")
+    if cfg.model.dtype == DType.bfloat16 and lr.backend == LearnerBackend.fsdp:
+        warnings.append("model.dtype=bfloat16 with the FSDP2 backend keeps the master weights in bfloat16: updates "
+                        "smaller than ~1/256 of a weight (lr 1e-6 steps) round away; use model.dtype=float32 with "
+                        "learner.compute_dtype=bfloat16")
+    if e.mode == EntropyMode.fixed and e.fixed_coef < 0:
+        warnings.append(f"algorithm.entropy.fixed_coef={e.fixed_coef} < 0 penalises entropy")
+    for w in warnings:
+        log.warning("config: %s", w)
+    return warnings

@@ -1,38 +1,90 @@
-"""``python -m or1.export CKPT --out DIR``: a checkpoint's policy as a Hugging Face model directory.
+"""``python -m or1.export SRC --out DIR``: a policy as a Hugging Face model directory.
 
-CKPT is a checkpoint directory (``.../checkpoints/step_00000100``) or a run's output directory
-(its latest complete checkpoint). The sharded weights are read with torch distributed checkpoint
-in this one process (no process group needed) into the model the checkpoint's ``hf/config.json``
-describes; the result loads in transformers and vLLM.
+SRC is a checkpoint directory (``.../checkpoints/step_00000100``), a run's output directory (its
+latest complete checkpoint), or a Hugging Face model directory such as a run's ``final/``
+(re-saved, e.g. to change ``--dtype``). Checkpoints of both learner backends are read in this one
+process, without a process group: FSDP2's with torch distributed checkpoint, DeepSpeed ZeRO's by
+reassembling the float32 weights from every rank's partition. The result loads in transformers
+and vLLM.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
-from or1.checkpoint import resolve_resume
+from or1.checkpoint import CHECKPOINTS, STATE_FILE, CheckpointDirs
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str | None = None) -> Path:
-    import torch.distributed.checkpoint as dcp
+class ExportError(ValueError):
+    """SRC is not something that can be exported; the message says what it is and what is expected."""
+
+
+def find_checkpoint(src: Path) -> Path:
+    """The checkpoint directory ``src`` names: itself, or a run directory's latest complete one."""
+    if (src / STATE_FILE).is_file() and (src / "learner").is_dir():
+        return src
+    if (src / CHECKPOINTS).is_dir():
+        latest = CheckpointDirs(src).latest()
+        if latest is None:
+            raise ExportError(f"{src} has a {CHECKPOINTS}/ directory but no complete checkpoint in it "
+                              "(a run killed before its first save leaves only *.tmp directories)")
+        return latest
+    if not src.exists():
+        raise ExportError(f"{src} does not exist")
+    raise ExportError(f"{src} is neither a checkpoint (<run>/{CHECKPOINTS}/step_N, with {STATE_FILE} and learner/), "
+                      f"a run directory with {CHECKPOINTS}/, nor a Hugging Face model directory (config.json)")
+
+
+def is_hf_model_dir(src: Path) -> bool:
+    return (src / "config.json").is_file() and not (src / "learner").exists()
+
+
+def export_checkpoint(src: str | Path, out: str | Path, dtype: str | None = None) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from or1.workers.backends import torch_dtype
 
-    path = resolve_resume(str(ckpt), ckpt)
-    if path is None:
-        raise FileNotFoundError(f"no complete checkpoint at {ckpt}")
-    config = AutoConfig.from_pretrained(path / "hf")
-    model = AutoModelForCausalLM.from_config(config)
-    state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(path / "learner"), no_dist=True)
-    model.load_state_dict(state["model"])
+    src = Path(src)
+    if is_hf_model_dir(src):  # e.g. a run's final/: load and save again
+        model = AutoModelForCausalLM.from_pretrained(src)
+        if dtype:
+            model.to(torch_dtype(dtype))
+        return write_hf_dir(model, None, out, src)
+    path = find_checkpoint(src)
+    backend = json.loads((path / STATE_FILE).read_text()).get("learner_backend", "fsdp")
+    if not (path / "hf" / "config.json").is_file():
+        raise ExportError(f"checkpoint {path} has no hf/config.json (the model's configuration); it is incomplete")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path / "hf"))
+    if backend == "deepspeed":
+        _load_deepspeed(model, path / "learner")
+    else:
+        import torch.distributed.checkpoint as dcp
+
+        state = {"model": model.state_dict()}
+        dcp.load(state, checkpoint_id=str(path / "learner"), no_dist=True)
+        model.load_state_dict(state["model"])
     if dtype:
         model.to(torch_dtype(dtype))
     return write_hf_dir(model, None, out, path / "hf")
+
+
+def _load_deepspeed(model, learner_dir: Path) -> None:
+    """Reassemble the float32 weights of a DeepSpeed ZeRO checkpoint (any stage, any number of ranks)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="state")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if getattr(model.config, "tie_word_embeddings", False) and k == "lm_head.weight"}
+    if set(missing) - tied or unexpected:
+        raise ExportError(f"the DeepSpeed checkpoint in {learner_dir} does not match its model: missing "
+                          f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    if tied:
+        model.tie_weights()
 
 
 def write_hf_dir(model, state_dict: dict | None, out: str | Path, tokenizer_path: str | Path | None) -> Path:
@@ -56,11 +108,15 @@ def write_hf_dir(model, state_dict: dict | None, out: str | Path, tokenizer_path
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("ckpt", help="a checkpoint directory or a run's output directory")
+    p.add_argument("src", help="a checkpoint directory, a run's output directory, or a Hugging Face model directory")
     p.add_argument("--out", required=True)
-    p.add_argument("--dtype", default=None, help="cast the weights (float32 | bfloat16 | float16)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="cast the weights")
     a = p.parse_args()
-    print(f"wrote {export_checkpoint(a.ckpt, a.out, a.dtype)}")
+    try:
+        print(f"wrote {export_checkpoint(a.src, a.out, a.dtype)}")
+    except ExportError as exc:
+        print(f"or1.export: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""Per-step metrics: one console line, ``metrics.jsonl``, and optionally wandb (offline by default)."""
+"""Per-step metrics: one console line, ``metrics.jsonl``, and optionally wandb (offline by default);
+and ``PhaseTimer``, the one way the driver times its phases."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger("or1")
 
@@ -19,14 +24,35 @@ _CONSOLE = [
 ]
 
 
+class PhaseTimer:
+    """Wall-clock seconds per phase, summed over every entry: ``with timer.phase("generate"): ...``.
+
+    ``metrics()`` gives ``time/<phase>`` for every phase entered (refill rounds add up).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{name}": seconds for name, seconds in self.seconds.items()}
+
+
 class MetricsLogger:
     def __init__(self, output_dir: str, backends: list[str], run_config: dict | None = None,
                  wandb_mode: str = "offline", project: str = "or1", name: str = "run",
                  run_id: str | None = None, resume_step: int | None = None):
-        unknown = set(backends) - {"console", "jsonl", "wandb"}
+        unknown = {str(b) for b in backends} - {"console", "jsonl", "wandb"}
         if unknown:
             raise ValueError(f"unknown loggers {sorted(unknown)}; use console, jsonl, wandb")
-        self.backends = backends
+        self.backends = [str(b) for b in backends]
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
@@ -35,11 +61,11 @@ class MetricsLogger:
                     if line.strip() and json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._wandb = None
-        if "wandb" in backends and wandb_mode != "disabled":
+        if "wandb" in self.backends and str(wandb_mode) != "disabled":
             import wandb
 
             # the same id on resume continues the same wandb run
-            self._wandb = wandb.init(project=project, name=name, dir=str(output_dir), mode=wandb_mode,
+            self._wandb = wandb.init(project=project, name=name, dir=str(output_dir), mode=str(wandb_mode),
                                      config=run_config or {}, id=run_id, resume="allow")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

@@ -21,11 +21,10 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
-from or1.config import OR1Config
+from or1.config import DType, OR1Config, Placement
 
 log = logging.getLogger("or1")
 
-PLACEMENTS = ("colocated", "split")
 GiB = 2**30
 
 
@@ -63,8 +62,6 @@ def plan_placement(cfg: OR1Config) -> PlacementPlan:
     """Assign every learner rank and vLLM engine its GPUs (or CPU cores); raise on impossible layouts."""
     t, lr = cfg.trainer, cfg.learner
     world, engines, tp = lr.num_workers, cfg.rollout.num_engines, cfg.rollout.tensor_parallel_size
-    if t.placement not in PLACEMENTS:
-        raise ValueError(f"trainer.placement must be one of {PLACEMENTS}, got {t.placement!r}")
     if world < 1 or engines < 1 or tp < 1 or t.nnodes < 1 or t.gpus_per_node < 0:
         raise ValueError("learner.num_workers, rollout.num_engines, rollout.tensor_parallel_size and "
                          "trainer.nnodes must be >= 1, trainer.gpus_per_node >= 0")
@@ -78,7 +75,7 @@ def plan_placement(cfg: OR1Config) -> PlacementPlan:
     if gpn % tp:
         raise ValueError(f"rollout.tensor_parallel_size={tp} must divide trainer.gpus_per_node={gpn} "
                          "(an engine's GPUs are on one node)")
-    if t.placement == "colocated":
+    if t.placement == Placement.colocated:
         if world != total or engines * tp != total:
             raise ValueError(
                 f"colocated placement shares all {total} GPUs (trainer.nnodes={t.nnodes} x trainer.gpus_per_node="
@@ -95,7 +92,7 @@ def plan_placement(cfg: OR1Config) -> PlacementPlan:
     learners = [Slot("learner", r, [r], lr.num_cpus) for r in range(world)]
     slots = [Slot("rollout", j, list(range(first_engine_gpu + j * tp, first_engine_gpu + (j + 1) * tp)),
                   cfg.rollout.num_cpus) for j in range(engines)]
-    return PlacementPlan(t.placement, t.nnodes, gpn, learners, slots)
+    return PlacementPlan(str(t.placement), t.nnodes, gpn, learners, slots)
 
 
 # --- memory estimate --------------------------------------------------------------------------
@@ -140,13 +137,15 @@ def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) 
       2 bytes per parameter / tensor_parallel_size.
     """
     world = len(plan.learners)
-    state_bytes = 16 if cfg.model.dtype == "float32" else 8
+    state_bytes = 16 if cfg.model.dtype == DType.float32 else 8
     out = {"learner_state": shape.num_params * state_bytes / world / GiB}
     if shape.hidden_size:
-        tokens = cfg.actor.micro_batch_size * cfg.rollout.max_model_len
-        scale = 1 if cfg.learner.compute_dtype in ("bfloat16", "float16") else 2  # the 34h rule counts 2-byte values
-        per_layer = scale * (2 if cfg.actor.gradient_checkpointing else 34) * shape.hidden_size * tokens
-        working = scale * 34 * shape.hidden_size * tokens if cfg.actor.gradient_checkpointing else 0
+        tokens = cfg.learner.micro_batch_sequences * cfg.rollout.max_model_len
+        # the 34h rule counts 2-byte values
+        scale = 1 if cfg.learner.compute_dtype in (DType.bfloat16, DType.float16) else 2
+        checkpointing = cfg.learner.gradient_checkpointing
+        per_layer = scale * (2 if checkpointing else 34) * shape.hidden_size * tokens
+        working = scale * 34 * shape.hidden_size * tokens if checkpointing else 0
         out["learner_activations"] = (per_layer * shape.num_layers + working) / GiB
         # whole: every position's logits at once; chunked: one chunk's (learner.logits_chunk_tokens)
         logit_rows = min(tokens, cfg.learner.logits_chunk_tokens) if cfg.learner.logits_chunk_tokens > 0 else tokens
@@ -195,7 +194,7 @@ def describe(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape | None) -> s
         if plan.mode != "cpu" and mem["peak"] > cfg.trainer.gpu_memory_gib:
             lines.append(f"  WARNING: the estimated peak {mem['peak']:.1f} GiB exceeds trainer.gpu_memory_gib="
                          f"{cfg.trainer.gpu_memory_gib:g}; more GPUs, gradient checkpointing or a smaller "
-                         "actor.micro_batch_size would help")
+                         "learner.micro_batch_sequences would help")
             if mem.get("learner_logits", 0.0) > mem["learner_state"] + mem["learner_activations"]:
                 lines.append("    most of it is one micro-batch's full-vocabulary float32 logits: "
                              "learner.logits_chunk_tokens=2048 computes them in chunks")
@@ -295,8 +294,8 @@ def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0)
     colocated = plan.mode == "colocated"
     learner_gpus = 0 if plan.mode == "cpu" else 0.5 if colocated else 1  # colocated: shared with vLLM
     learners = [ray.remote(num_cpus=s.cpus, num_gpus=learner_gpus)(Learner).options(scheduling_strategy=at(s)).remote(
-        cfg.model, cfg.actor, rank=s.index, world_size=len(plan.learners), master_addr=master_addr, master_port=port,
-        seed=cfg.trainer.seed, algo_cfg=cfg.algorithm, learner_cfg=cfg.learner) for s in plan.learners]
+        cfg.model, cfg.optim, cfg.algorithm, cfg.learner, rank=s.index, world_size=len(plan.learners),
+        master_addr=master_addr, master_port=port, seed=cfg.trainer.seed) for s in plan.learners]
     engines = []
     for s in plan.engines:
         gpu_args = () if plan.mode == "cpu" else (colocated, [g % plan.gpus_per_node for g in s.gpus])

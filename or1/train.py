@@ -3,6 +3,11 @@
 ``recipe=NAME`` selects ``recipes/NAME.yaml`` (default: ``tiny_cpu``); any field can be overridden
 (``trainer.total_steps=20``, ``model.path=DIR``). Hydra's own flags work too (``--cfg job`` prints
 the resolved config and exits). The recipes directory can be moved with ``OR1_RECIPES_DIR``.
+
+Mistakes in the input stop the run at once with one line naming the input and what to do:
+unknown or renamed keys, bad choices and types (at composition), inconsistent settings, missing
+or malformed data files, a missing model path, an unusable reward function, an unreachable
+sandbox or Ray address (``or1.startup.preflight``), all before anything expensive starts.
 """
 
 from __future__ import annotations
@@ -18,44 +23,45 @@ RECIPES_DIR = Path(os.environ.get("OR1_RECIPES_DIR", Path(__file__).resolve().pa
 log = logging.getLogger("or1")
 
 
-def bootstrap_tiny(cfg) -> None:
-    """For the tiny recipe: write the arithmetic data and a warmed-up tiny model if missing."""
-    from or1.data.arithmetic import generate_splits, write_jsonl
-    from or1.tiny import TinySpec, create_tiny_model
-
-    t = cfg.tiny
-    train, val = generate_splits(t.n_train, t.n_val, max_operand=t.max_operand, seed=t.seed)
-    for files, rows in ((cfg.data.train_files, train), (cfg.data.val_files, val)):
-        for f in files:
-            if not os.path.exists(f):
-                write_jsonl(rows, f)
-    if not os.path.exists(cfg.model.path):
-        log.info("creating the tiny model at %s (%d warm-up steps)", cfg.model.path, t.warmup_steps)
-        create_tiny_model(cfg.model.path, TinySpec(hidden_size=t.hidden_size, num_layers=t.num_layers,
-                                                   seed=t.seed),
-                          warmup_steps=t.warmup_steps, warmup_rows=train, warmup_lr=t.warmup_lr,
-                          label_noise=t.label_noise)
-
-
 def run(cfg) -> dict:
+    """Hydra's task function: the composed config in, the run's first and last validation out."""
     from omegaconf import OmegaConf
 
-    from or1.config import OR1Config
-    from or1.trainer import Trainer
+    from or1.config import OR1Config, refuse_unknown_keys, validate_config
+    from or1.startup import build
 
-    typed: OR1Config = OmegaConf.to_object(cfg)
-    if typed.trainer.dry_run:
-        from or1.placement import describe, model_shape, plan_placement
+    with input_errors_as_exit():
+        refuse_unknown_keys(cfg)
+        typed: OR1Config = OmegaConf.to_object(cfg)
+        if typed.trainer.dry_run:
+            from or1.placement import describe, model_shape, plan_placement
 
-        print(describe(typed, plan_placement(typed), model_shape(typed)))
-        return {}
-    if typed.tiny.enabled:
-        bootstrap_tiny(typed)
-    trainer = Trainer(typed)
+            validate_config(typed)
+            print(describe(typed, plan_placement(typed), model_shape(typed)))
+            return {}
+        trainer = build(typed)
     try:
         return trainer.fit()
     finally:
         trainer.shutdown()
+
+
+class input_errors_as_exit:
+    """Mistakes in the input end the process with their message alone (exit status 2), not a traceback."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        from or1.config import ConfigError
+        from or1.data.dataset import DataError
+        from or1.rewards.loader import RewardConfigError
+        from or1.startup import StartupError
+
+        if exc is not None and isinstance(exc, (ConfigError, DataError, RewardConfigError, StartupError)):
+            print(f"or1: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+        return False
 
 
 # Hydra flags that take a value as the next argument (``--cfg job``).
@@ -68,6 +74,8 @@ def _translate_argv(argv: list[str]) -> list[str]:
 
     Flags go before overrides: Hydra's argparse takes its positional overrides in one run.
     """
+    from or1.config import renamed_keys_hint
+
     recipe, flags, rest = DEFAULT_RECIPE, [], []
     args = iter(argv)
     for arg in args:
@@ -82,6 +90,9 @@ def _translate_argv(argv: list[str]) -> list[str]:
     if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not p.stem.startswith("_"))
         raise SystemExit(f"unknown recipe {recipe!r}; recipes in {RECIPES_DIR}: {', '.join(known)}")
+    hint = renamed_keys_hint(rest)
+    if hint:
+        raise SystemExit(f"or1: {hint}")
     if ("--cfg" in flags or "-c" in flags) and "--resolve" not in flags:
         flags.append("--resolve")  # print values, not ${...} interpolations
     extra = [] if any(a.startswith("hydra.run.dir=") for a in rest) else ["hydra.run.dir=${trainer.output_dir}"]

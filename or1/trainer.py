@@ -1,7 +1,11 @@
-"""The driver loop: sample prompts -> generate -> score -> advantages -> update -> push weights.
+"""The driver loop: sample prompts -> generate -> score -> advantages -> filter -> update -> push weights.
 
-The driver holds no model. It owns the data order, the reward functions and the bookkeeping;
-the heavy work runs in Ray actors (``or1.workers``). Each phase is timed and logged.
+The driver holds no model. It owns the data order, the algorithm's bookkeeping (filtering,
+refill, the sample buffer, the mini-batch plan, the entropy bonus, stages) and checkpoint state;
+the heavy work is done by the components it is given (``Components``): a learner group, a rollout
+group, a reward manager. ``or1.startup.build`` starts the real ones (Ray actors, vLLM, FSDP2 or
+DeepSpeed, the reward pool); ``tests/test_driver.py`` drives this same code with small fakes in
+milliseconds.
 """
 
 from __future__ import annotations
@@ -11,32 +15,29 @@ import logging
 import os
 import random
 import signal
-import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from or1.algo.advantages import BASELINES, TRUNCATION_MASKS, apply_truncation_mask
-from or1.algo.entropy import AdaptiveEntropyController
-from or1.algo.filters import informative_groups, mastered_groups
-from or1.algo.losses import KL_ESTIMATORS, LOSS_AGG_MODES
-from or1.algo.sample_buffer import BufferedGroup, SelectiveSampleBuffer
+from or1.algo.advantages import apply_truncation_mask
+from or1.algo.entropy import make_entropy_bonus
+from or1.algo.filters import mastered_groups, select_groups
+from or1.algo.minibatch import plan_mini_batches
+from or1.algo.sample_buffer import SelectiveSampleBuffer
 from or1.algo.stages import stage_at
-from or1.batch import build_batch, select_rows
-from or1.checkpoint import FAULT_ENV, STATE_FILE, CheckpointDirs, resolve_resume
+from or1.batch import Group, batch_from_groups, group_rows, select_rows
+from or1.checkpoint import FAULT_ENV, STATE_FILE, CheckpointDirs
 from or1.config import OR1Config
 from or1.data.dataset import EpochSampler, PromptDataset
-from or1.metrics import MetricsLogger
-from or1.rewards.manager import RewardManager, RewardScores
-from or1.workers.backends import BACKENDS
-from or1.workers.rollout import Sample
+from or1.metrics import MetricsLogger, PhaseTimer
+from or1.rewards.manager import RewardScores
 
 log = logging.getLogger("or1")
-
 
 VAL_STREAM = 1 << 16  # training rounds use streams 0, 1, 2, ... (refill rounds), validation this one
 
@@ -47,185 +48,113 @@ def sampling_seeds(seed: int, step: int, count: int, stream: int = 0) -> list[in
     return [int(x) for x in rng.integers(0, 2**31 - 1, size=count)]
 
 
+# --- what the driver needs from its components (the real ones live in or1.workers and or1.rewards) ---
+class Learners(Protocol):
+    """``or1.workers.group.LearnerGroup``: data-parallel learner ranks driven as one."""
+
+    def compute_log_probs(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor: ...
+    def update(self, batch: dict[str, torch.Tensor], entropy_coef: float) -> dict[str, float]: ...
+    def push_weights(self, rollouts: Any, dtype: str, bucket_mb: float) -> dict[str, float]: ...
+    def save_checkpoint(self, path: str) -> None: ...
+    def load_checkpoint(self, path: str) -> None: ...
+    def save_hf(self, out_dir: str, tokenizer_path: str | None) -> str: ...
+
+
+class Rollouts(Protocol):
+    """``or1.workers.group.RolloutGroup``: vLLM engines; samples come back grouped, prompt by prompt."""
+
+    asleep: bool
+
+    def generate(self, prompt_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
+                 max_tokens: int, seeds: list[int] | None) -> list: ...
+    def sleep(self, level: int) -> None: ...
+    def wake_up(self, tags: list[str] | None = None) -> None: ...
+
+
+class Rewards(Protocol):
+    """``or1.rewards.manager.RewardManager``."""
+
+    def score(self, responses: list[str], rows: list[dict]) -> RewardScores: ...
+
+
 @dataclass
-class Group:
-    """The n responses to one prompt, with what the step learned about them."""
+class Components:
+    """Everything the driver works with. ``or1.startup.build`` makes the real ones; tests pass fakes."""
 
-    prompt_index: int  # -1 for groups replayed from the sample buffer
-    prompt_ids: list[int]
-    responses: list[list[int]]
-    rollout_log_probs: list[list[float]] | None  # None for replayed groups
-    rewards: torch.Tensor  # [n]
-    correct: torch.Tensor  # [n]
-    truncated: torch.Tensor  # [n] bool
-    advantages: torch.Tensor | None = None  # [n]
+    learners: Learners
+    rollouts: Rollouts
+    rewards: Rewards
+    tokenizer: Any  # batch_decode(ids, skip_special_tokens=True) and pad_token_id
+    train_data: PromptDataset
+    val_data: PromptDataset | None = None
+    sleep_rollouts: bool = False  # colocated on GPUs: vLLM gives its memory back while the learners work
+    on_close: list[Callable[[], None]] = field(default_factory=list)  # run by Trainer.shutdown, in order
 
 
-def make_groups(data: PromptDataset, indices: list[int], samples: list[Sample], scored: RewardScores,
-                n: int) -> list[Group]:
-    groups = []
-    for g, index in enumerate(indices):
-        members = samples[g * n:(g + 1) * n]
-        assert all(s.prompt_index == g for s in members), "vLLM returned a group out of order"
-        groups.append(Group(index, data.prompt_ids[index], [s.token_ids for s in members],
-                            [s.logprobs for s in members], scored.rewards[g * n:(g + 1) * n],
-                            scored.correct[g * n:(g + 1) * n],
-                            torch.tensor([s.truncated for s in members], dtype=torch.bool)))
-    return groups
+class RewardFailure(RuntimeError):
+    """Every reward of several consecutive steps failed: training on fallback scores learns nothing."""
 
 
 class Trainer:
-    def __init__(self, cfg: OR1Config):
-        import ray
-        from transformers import AutoTokenizer
-
-        from or1.placement import check_cluster, plan_placement, start_workers
-
+    def __init__(self, cfg: OR1Config, parts: Components, resume_from: Path | None = None,
+                 logger: MetricsLogger | None = None):
         self.cfg = cfg
-        algo = cfg.algorithm
+        self.parts = parts
+        self.learners, self.rollouts, self.rewards = parts.learners, parts.rollouts, parts.rewards
+        self.tokenizer, self.train_data, self.val_data = parts.tokenizer, parts.train_data, parts.val_data
         self.output_dir = cfg.trainer.output_dir
         os.makedirs(self.output_dir, exist_ok=True)
-        # Everything that can be checked cheaply is checked before any actor starts.
-        validate_algorithm_config(cfg)
-        self.plan = plan_placement(cfg)
-        connect_ray(cfg)
-        check_cluster(self.plan, ray.nodes())  # before anything heavy: say what is missing, do not hang
-        self.rewards = RewardManager(cfg.reward)  # imports and checks every reward function
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path,
-                                                       trust_remote_code=cfg.model.trust_remote_code)
-        d = cfg.data
-        self.train_data = PromptDataset.from_files(d.train_files, self.tokenizer, d.prompt_key,
-                                                   d.max_prompt_length, d.apply_chat_template)
-        self.val_data = (PromptDataset.from_files(d.val_files, self.tokenizer, d.prompt_key,
-                                                  d.max_prompt_length, d.apply_chat_template)
-                         if d.val_files else None)
-        self.sampler = EpochSampler(len(self.train_data), seed=cfg.trainer.seed, shuffle=d.shuffle)
-        self.entropy_ctl = AdaptiveEntropyController(
-            algo.entropy.target, algo.entropy.delta, algo.entropy.min_coef, algo.entropy.max_coef)
-        self.buffer = SelectiveSampleBuffer(algo.sample_buffer.capacity) if algo.sample_buffer.enabled else None
-        resume_from = resolve_resume(cfg.trainer.resume, self.output_dir)
-        if resume_from is None and cfg.trainer.init_from and cfg.trainer.resume != "off":
-            resume_from = resolve_resume(cfg.trainer.init_from, self.output_dir)
-        if resume_from is not None:
-            check_resume_compatible(resume_from, cfg)  # before anything expensive starts
-
-        t0 = time.time()
-        self.workers = start_workers(cfg, self.plan)
-        self.learners, self.rollouts = self.workers.learners, self.workers.rollouts
-        # colocated on GPUs: vLLM gives its memory back while the learners work
-        self.sleeps = self.plan.mode == "colocated"
-        self.rewards.start_reward_models()
-        ray.get([a.ready.remote() for a in self.rollouts.actors]
-                + [a.__ray_ready__.remote() for a in self.learners.actors])
-        log.info("actors ready in %.1fs: %d vLLM engine(s), %d %s learner rank(s), placement %s",
-                 time.time() - t0, len(self.rollouts.actors), self.learners.world_size, cfg.learner.backend,
-                 self.plan.mode)
+        algo = cfg.algorithm
+        self.sampler = EpochSampler(len(self.train_data), seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.entropy = make_entropy_bonus(algo.entropy)
+        self.buffer = SelectiveSampleBuffer(algo.sample_buffer.capacity_groups) if algo.sample_buffer.enabled else None
         self.step = 0
         self.run_id = uuid.uuid4().hex[:12]
+        self.failed_reward_steps = 0  # consecutive steps in which every reward failed
         self.checkpoints = CheckpointDirs(self.output_dir)
         resumed = self.resume(resume_from)
-        self.logger = MetricsLogger(self.output_dir, list(cfg.trainer.loggers),
-                                    OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
-                                    cfg.trainer.wandb_mode, cfg.trainer.project, cfg.trainer.experiment_name,
-                                    run_id=self.run_id, resume_step=self.step if resumed else None)
+        run_config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+        self.logger = logger or MetricsLogger(
+            self.output_dir, list(cfg.trainer.loggers), run_config, cfg.trainer.wandb_mode, cfg.trainer.project,
+            cfg.trainer.experiment_name, run_id=self.run_id, resume_step=self.step if resumed else None)
 
     # --- phases ----------------------------------------------------------------------------
-    def max_response_length(self) -> tuple[int, int]:
-        """(stage index, response limit) for the current step."""
+    def stage_limit(self) -> tuple[int, int]:
+        """(stage index, response limit in tokens) for the current step."""
         stages = self.cfg.algorithm.stages
         if not stages:
             return 0, self.cfg.rollout.max_response_length
         i = stage_at(self.step, [st.steps for st in stages])
         return i, stages[i].max_response_length
 
-    def generate(self, data: PromptDataset, indices: list[int], n: int, temperature: float,
-                 seeds: list[int] | None, max_tokens: int) -> list[Sample]:
-        prompts = [data.prompt_ids[i] for i in indices]
-        return self.rollouts.generate(prompts, n, temperature, self.cfg.rollout.top_p, max_tokens, seeds)
+    def generate_and_score(self, data: PromptDataset, indices: list[int], n: int, temperature: float,
+                           seeds: list[int], max_tokens: int, timer: PhaseTimer) -> tuple[list, RewardScores]:
+        with timer.phase("generate"):
+            samples = self.rollouts.generate([data.prompt_ids[i] for i in indices], n, temperature,
+                                             self.cfg.rollout.top_p, max_tokens, seeds)
+        with timer.phase("reward"):
+            texts = self.tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
+            scored = self.rewards.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
+        return samples, scored
 
-    def score(self, data: PromptDataset, indices: list[int], samples: list[Sample]) -> RewardScores:
-        texts = self.tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
-        return self.rewards.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
-
-    def sync_weights(self) -> dict[str, float]:
-        """Push the learners' policy into every vLLM engine (bucketed; see LearnerGroup.push_weights)."""
-        asleep = self.rollouts.asleep
-        if asleep:
-            self.rollouts.wake_up(["weights"])  # weights first: the KV cache is not needed for the push
-        stats = self.learners.push_weights(self.rollouts, self.cfg.rollout.dtype, self.cfg.learner.sync_bucket_mb)
-        if asleep:
-            self.rollouts.wake_up(["kv_cache"])
-        return stats
-
-    def validate(self) -> dict[str, float]:
-        if self.val_data is None:
-            return {}
-        t0 = time.time()
-        indices = list(range(len(self.val_data)))
-        r = self.cfg.rollout
-        seeds = sampling_seeds(self.cfg.trainer.seed, 0, len(indices), VAL_STREAM)  # same every validation
-        samples = self.generate(self.val_data, indices, r.val_n, r.val_temperature, seeds,
-                                self.max_response_length()[1])
-        scored = self.score(self.val_data, indices, samples)
-        return {"val/acc": scored.correct.mean().item(), "val/reward": scored.rewards.mean().item(),
-                "val/response_length": float(np.mean([len(s.token_ids) for s in samples])),
-                "time/validate": time.time() - t0}
-
-    def collect_groups(self, max_tokens: int) -> tuple[list[Group], list[Group], dict[str, float]]:
-        """Generate and score groups; returns (groups to train on, every group generated, stats).
-
-        With ``filter.zero_variance`` groups whose rewards are all equal are dropped; with
-        ``filter.refill`` more prompts are generated (at most ``max_refill_rounds`` extra
-        rounds) until ``batch_size`` informative groups are kept.
-        """
-        cfg, f = self.cfg, self.cfg.algorithm.filter
-        n, target = cfg.rollout.n, cfg.trainer.batch_size
-        rounds = 1 + (f.max_refill_rounds if f.refill and f.zero_variance else 0)
-        kept: list[Group] = []
-        generated: list[Group] = []
-        informative_flags: list[bool] = []  # one per generated group, every round
-        stats = {"filter/refill_rounds": 0.0, "filter/mastered_new": 0.0, "reward/errors": 0.0,
-                 "reward/timeouts": 0.0, "time/generate": 0.0, "time/reward": 0.0}
-        for round_ in range(rounds):
-            need = target - len(kept)
-            if need <= 0:
-                break
-            if round_ > 0:
-                stats["filter/refill_rounds"] += 1
-            indices = self.sampler.next_batch(need)
-            t = time.time()
-            samples = self.generate(self.train_data, indices, n, cfg.rollout.temperature,
-                                    sampling_seeds(cfg.trainer.seed, self.step, len(indices), round_), max_tokens)
-            stats["time/generate"] += time.time() - t
-            t = time.time()
-            scored = self.score(self.train_data, indices, samples)
-            stats["time/reward"] += time.time() - t
-            for k, v in scored.metrics.items():  # failures add up over rounds; the rest: first round's
-                if k in ("reward/errors", "reward/timeouts"):
-                    stats[k] += v
-                else:
-                    stats.setdefault(k, v)
-            groups = make_groups(self.train_data, indices, samples, scored, n)
-            generated += groups
-            rewards = torch.stack([g.rewards for g in groups])
-            informative = informative_groups(rewards)
-            informative_flags += informative.tolist()
-            if f.drop_mastered:
-                done = mastered_groups(torch.stack([g.correct for g in groups]), f.mastered_threshold)
-                stats["filter/mastered_new"] += self.sampler.mark_mastered(
-                    [g.prompt_index for g, m in zip(groups, done.tolist()) if m])
-            kept += [g for g, keep in zip(groups, informative.tolist()) if keep or not f.zero_variance]
-        kept = kept[:target]
-        stats.update({
-            "filter/groups_generated": float(len(generated)),
-            "filter/groups_kept": float(len(kept)),
-            "filter/groups_dropped": float(len(generated) - len(kept)) if f.zero_variance else 0.0,
-            "filter/informative_frac": float(np.mean(informative_flags)),
-            "filter/mastered_total": float(len(self.sampler.mastered)),
-        })
-        return kept, generated, stats
+    def make_groups(self, indices: list[int], samples: list, scored: RewardScores, n: int) -> list[Group]:
+        """One ``Group`` per prompt: vLLM returns each prompt's ``n`` responses together, prompts in order."""
+        if len(samples) != n * len(indices):
+            raise RuntimeError(f"the rollout group returned {len(samples)} samples for {len(indices)} prompts x {n}")
+        groups = []
+        for g, index in enumerate(indices):
+            members = samples[g * n:(g + 1) * n]
+            if any(s.prompt_index != g for s in members):
+                raise RuntimeError(f"the rollout group returned prompt {g}'s responses out of order")
+            rows = slice(g * n, (g + 1) * n)
+            groups.append(Group(index, self.train_data.prompt_ids[index], [s.token_ids for s in members],
+                                scored.rewards[rows], scored.correct[rows],
+                                torch.tensor([s.truncated for s in members], dtype=torch.bool),
+                                rollout_log_probs=[s.logprobs for s in members]))
+        return groups
 
     def assign_advantages(self, groups: list[Group]) -> None:
+        """Group-normalised advantages, the truncation mask included (one round's groups share a size)."""
         if not groups:
             return
         a = self.cfg.algorithm
@@ -235,124 +164,181 @@ class Trainer:
         for g, row in zip(groups, adv):
             g.advantages = row
 
+    def collect_groups(self, max_tokens: int, timer: PhaseTimer
+                       ) -> tuple[list[Group], list[Group], RewardScores, dict[str, float]]:
+        """Generate, score and select groups; returns (groups to train on, every group generated,
+        the scores of every round, filter stats).
+
+        Advantages (truncation mask included) are computed first; with
+        ``filter.drop_zero_advantage`` a group is kept only if one of them is non-zero
+        (``or1.algo.filters.select_groups``). With ``filter.refill`` more prompts are generated (at
+        most ``max_refill_rounds`` extra rounds) until ``prompts_per_step`` groups are kept.
+        """
+        cfg, f = self.cfg, self.cfg.algorithm.filter
+        n, target = cfg.rollout.n, cfg.trainer.prompts_per_step
+        rounds = 1 + (f.max_refill_rounds if f.refill else 0)
+        kept: list[Group] = []
+        generated: list[Group] = []
+        scores: list[RewardScores] = []
+        stats = {"filter/refill_rounds": 0.0, "filter/mastered_new": 0.0}
+        for round_ in range(rounds):
+            need = target - len(kept)
+            if need <= 0:
+                break
+            if round_ > 0:
+                stats["filter/refill_rounds"] += 1
+            indices = self.sampler.next_batch(need)
+            samples, scored = self.generate_and_score(
+                self.train_data, indices, n, cfg.rollout.temperature,
+                sampling_seeds(cfg.trainer.seed, self.step, len(indices), round_), max_tokens, timer)
+            scores.append(scored)
+            groups = self.make_groups(indices, samples, scored, n)
+            self.assign_advantages(groups)
+            generated += groups
+            if f.drop_mastered:
+                done = mastered_groups(torch.stack([g.correct for g in groups]), f.mastered_threshold)
+                stats["filter/mastered_new"] += self.sampler.mark_mastered(
+                    [g.prompt_index for g, m in zip(groups, done.tolist()) if m])
+            chosen = select_groups(torch.stack([g.advantages for g in groups]), need, f.drop_zero_advantage)
+            kept += [groups[i] for i in chosen]
+        with_signal = [bool((g.advantages != 0).any()) for g in generated]
+        stats.update({
+            "filter/groups_generated": float(len(generated)),
+            "filter/groups_kept": float(len(kept)),
+            "filter/groups_dropped": float(len(generated) - len(kept)),
+            "filter/informative_frac": float(np.mean(with_signal)),  # groups with a non-zero advantage
+            "filter/mastered_total": float(len(self.sampler.mastered)),
+        })
+        return kept, generated, RewardScores.concat(scores), stats
+
     def mix_in_buffer(self, groups: list[Group], informative_frac: float) -> tuple[list[Group], int]:
-        """Selective Sample Buffer: replay stored groups into a starved batch, then store this one."""
+        """Selective Sample Buffer: replay stored groups into a starved batch, then store this one's."""
         sb = self.cfg.algorithm.sample_buffer
+        if self.buffer is None:
+            return groups, 0
         replayed: list[Group] = []
-        if self.buffer is not None:
-            if informative_frac < sb.min_informative_frac and len(self.buffer):
-                k = max(1, round(sb.mix_ratio * self.cfg.trainer.batch_size))
-                rng = random.Random(f"{self.cfg.trainer.seed}-{self.step}-ssb")  # str seeds are stable across processes
-                for b in self.buffer.sample(k, rng):
-                    n = len(b.responses)
-                    replayed.append(Group(-1, b.prompt_ids, b.responses, None, torch.zeros(n), torch.zeros(n),
-                                          torch.zeros(n, dtype=torch.bool), torch.tensor(b.advantages)))
-            for g in groups:
-                self.buffer.add(BufferedGroup(g.prompt_ids, g.responses, g.advantages.tolist()))
+        if informative_frac < sb.min_informative_frac and len(self.buffer):
+            k = max(1, round(sb.mix_ratio * self.cfg.trainer.prompts_per_step))
+            rng = random.Random(f"{self.cfg.trainer.seed}-{self.step}-ssb")  # str seeds are stable across processes
+            replayed = self.buffer.sample(k, rng)
+        for g in groups:
+            self.buffer.add(g)
         return groups + replayed, len(replayed)
 
+    def check_reward_failures(self, scored: RewardScores) -> None:
+        """Stop when every reward item failed in ``reward.max_failed_steps`` consecutive steps."""
+        all_failed = scored.items > 0 and scored.failed == scored.items
+        self.failed_reward_steps = self.failed_reward_steps + 1 if all_failed else 0
+        limit = self.cfg.reward.max_failed_steps
+        if all_failed:
+            log.error("step %d: every one of %d reward items failed (%d in a row; the run stops at %d): %s",
+                      self.step + 1, scored.items, self.failed_reward_steps, limit, scored.first_failure)
+        if self.failed_reward_steps >= limit:
+            raise RewardFailure(f"every reward failed or timed out in {limit} consecutive steps "
+                                f"(reward.max_failed_steps); the last failure: {scored.first_failure}. Check the "
+                                f"reward function (reward.fn / reward.terms / reward.routes), the data rows it reads "
+                                f"and, for code, the sandbox service")
+
     def train_step(self) -> dict[str, float]:
+        timer = PhaseTimer()
+        with timer.phase("step"):
+            metrics = self._train_step(timer)
+        metrics.update(timer.metrics())
+        return metrics
+
+    def _train_step(self, timer: PhaseTimer) -> dict[str, float]:
         algo = self.cfg.algorithm
-        timings: dict[str, float] = {}
-        t_step = time.time()
-        stage, max_tokens = self.max_response_length()
-
-        kept, generated, filter_stats = self.collect_groups(max_tokens)  # refill rounds included
-        self.assign_advantages(generated)
+        stage, max_tokens = self.stage_limit()
+        kept, generated, scored, filter_stats = self.collect_groups(max_tokens, timer)
+        self.check_reward_failures(scored)
         train_groups, n_replayed = self.mix_in_buffer(kept, filter_stats["filter/informative_frac"])
-
-        all_rewards = torch.cat([g.rewards for g in generated])
-        lengths = torch.tensor([len(r) for g in generated for r in g.responses], dtype=torch.float32)
-        truncated = torch.cat([g.truncated for g in generated]).float()
         metrics = {
-            "reward/mean": all_rewards.mean().item(),
-            "acc/mean": torch.cat([g.correct for g in generated]).mean().item(),
-            "response_length/mean": lengths.mean().item(),
-            "response_length/max": lengths.max().item(),
-            "response/truncated_frac": truncated.mean().item(),
+            **generated_metrics(generated), **scored.metrics(), **filter_stats, **trained_metrics(train_groups),
             "stage": float(stage),
             "stage/max_response_length": float(max_tokens),
             "buffer/replayed_groups": float(n_replayed),
             "buffer/size": float(len(self.buffer)) if self.buffer is not None else 0.0,
             "data/epoch": float(self.sampler.epoch),
-            **filter_stats,
         }
         if not train_groups:
-            log.warning("step %d: every group was filtered out (all rewards equal); update skipped",
+            log.warning("step %d: no group has a non-zero advantage (all rewards equal, or masked); update skipped",
                         self.step + 1)
-            metrics.update({"actor/skipped_update": 1.0, "time/step": time.time() - t_step, **timings})
+            metrics["actor/skipped_update"] = 1.0
             return metrics
 
-        rows = [(g, i) for g in train_groups for i in range(len(g.responses))]
-        batch = build_batch([g.prompt_ids for g, _ in rows], [g.responses[i] for g, i in rows],
-                            self.tokenizer.pad_token_id, torch.stack([g.advantages[i] for g, i in rows]),
-                            [g.rollout_log_probs[i] if g.rollout_log_probs else [0.0] * len(g.responses[i])
-                             for g, i in rows])
-        fresh = torch.tensor([g.rollout_log_probs is not None for g, _ in rows]).unsqueeze(1)
-
-        if self.sleeps:
-            t = time.time()
-            self.rollouts.sleep(self.cfg.rollout.sleep_level)
-            timings["time/rollout_sleep"] = time.time() - t
-        t = time.time()
-        batch["old_log_probs"] = self.learners.compute_log_probs(batch)
-        if algo.use_kl_loss:
-            batch["ref_log_probs"] = self.learners.compute_log_probs(batch, reference=True)
-        timings["time/old_log_prob"] = time.time() - t
+        batch = batch_from_groups(train_groups, self.tokenizer.pad_token_id)
+        fresh = batch.pop("fresh").unsqueeze(1)
+        if self.parts.sleep_rollouts:
+            with timer.phase("rollout_sleep"):
+                self.rollouts.sleep(self.cfg.rollout.sleep_level)
+        with timer.phase("old_log_prob"):
+            batch["old_log_probs"] = self.learners.compute_log_probs(batch)
+            if algo.kl.enabled:
+                batch["ref_log_probs"] = self.learners.compute_log_probs(batch, reference=True)
 
         mask = batch["response_mask"]
         fresh_mask = mask * fresh
-        # e_k: entropy estimated from the sampled tokens' log-probs (OR1's measure), before the update
-        rollout_entropy = -(batch["old_log_probs"] * fresh_mask).sum().item() / max(fresh_mask.sum().item(), 1.0)
-        if algo.entropy.adaptive:
-            entropy_coef = self.entropy_ctl.bonus_coef(rollout_entropy)
-        else:
-            entropy_coef = algo.entropy.fixed_coef
-
-        t = time.time()
-        actor_metrics = self.run_updates(batch, len(train_groups), entropy_coef)
-        timings["time/update"] = time.time() - t
-        if algo.entropy.adaptive:
-            self.entropy_ctl.update(rollout_entropy)
-
-        sync_stats = self.sync_weights()
-
+        # e_k: entropy estimated from the sampled tokens' log-probs (OR1's measure), before the update;
+        # from this step's samples, or from every trained token when the batch is all replays
+        measured = fresh_mask if fresh_mask.sum() > 0 else mask
+        rollout_entropy = -(batch["old_log_probs"] * measured).sum().item() / max(measured.sum().item(), 1.0)
+        entropy_coef = self.entropy.coef_for(rollout_entropy)
+        with timer.phase("update"):
+            actor_metrics = self.run_updates(batch, [g.size for g in train_groups], entropy_coef)
+        self.entropy.observe(rollout_entropy)
+        with timer.phase("sync"):
+            sync_stats = self.sync_weights()
         metrics.update({
-            "adv/abs_mean": (batch["advantages"].abs()).mean().item(),
+            "adv/abs_mean": batch["advantages"].abs().mean().item(),
             # vLLM's log-probs vs the learner's for the same tokens: ~0 when weights are in sync
             "rollout/logprob_abs_diff": ((batch["old_log_probs"] - batch["rollout_log_probs"]).abs()
                                          * fresh_mask).sum().item() / max(fresh_mask.sum().item(), 1.0),
             "rollout/entropy_estimate": rollout_entropy,
             "actor/entropy_coef": entropy_coef,
-            "entropy/controller_coef": self.entropy_ctl.coef if algo.entropy.adaptive else entropy_coef,
-            **sync_stats, **actor_metrics, **timings,
+            "entropy/controller_coef": self.entropy.coef,
+            **sync_stats, **actor_metrics,
         })
-        metrics["time/step"] = time.time() - t_step
         return metrics
 
-    def run_updates(self, batch: dict[str, torch.Tensor], num_groups: int, entropy_coef: float) -> dict[str, float]:
-        """``ppo_epochs`` passes over the batch in mini-batches of ``mini_batch_size`` groups.
-
-        Groups stay whole inside a mini-batch. With one epoch and one mini-batch (OR1's default)
-        the batch is used as is; otherwise the group order is reshuffled every epoch (seeded).
-        """
-        actor = self.cfg.actor
-        rows_per_group = batch["input_ids"].shape[0] // num_groups
-        mb = actor.mini_batch_size or num_groups
+    def run_updates(self, batch: dict[str, torch.Tensor], group_sizes: Sequence[int],
+                    entropy_coef: float) -> dict[str, float]:
+        """``algorithm.ppo_epochs`` passes over the batch in near-equal mini-batches of whole groups
+        (``or1.algo.minibatch.plan_mini_batches``); groups of any size, none split or dropped."""
+        a = self.cfg.algorithm
         rng = np.random.default_rng([self.cfg.trainer.seed, self.step, 0x9E])
-        results = []
-        for _ in range(actor.ppo_epochs):
-            order = np.arange(num_groups) if (actor.ppo_epochs == 1 and mb >= num_groups) \
-                else rng.permutation(num_groups)
-            for start in range(0, num_groups, mb):
-                rows = [int(g) * rows_per_group + i for g in order[start:start + mb] for i in range(rows_per_group)]
-                results.append(self.learners.update(select_rows(batch, rows), entropy_coef))
+        plan = plan_mini_batches(len(group_sizes), a.mini_batch_groups, a.ppo_epochs, rng)
+        results = [self.learners.update(select_rows(batch, group_rows(group_sizes, mini_batch)), entropy_coef)
+                   for mini_batch in plan]
         merged = {k: float(np.mean([r[k] for r in results if k in r])) for k in results[0]}
         merged["actor/num_updates"] = float(len(results))
         return merged
 
+    def sync_weights(self) -> dict[str, float]:
+        """Push the learners' policy into every vLLM engine (bucketed; see LearnerGroup.push_weights)."""
+        asleep = self.rollouts.asleep
+        if asleep:
+            self.rollouts.wake_up(["weights"])  # weights first: the KV cache is not needed for the push
+        stats = self.learners.push_weights(self.rollouts, str(self.cfg.rollout.dtype), self.cfg.learner.sync_bucket_mb)
+        if asleep:
+            self.rollouts.wake_up(["kv_cache"])
+        return stats
+
+    def validate(self) -> dict[str, float]:
+        if self.val_data is None:
+            return {}
+        timer = PhaseTimer()
+        indices = list(range(len(self.val_data)))
+        r = self.cfg.rollout
+        seeds = sampling_seeds(self.cfg.trainer.seed, 0, len(indices), VAL_STREAM)  # same every validation
+        with timer.phase("validate"):
+            samples, scored = self.generate_and_score(self.val_data, indices, r.val_n, r.val_temperature, seeds,
+                                                      self.stage_limit()[1], timer)
+        return {"val/acc": scored.correct.mean().item(), "val/reward": scored.rewards.mean().item(),
+                "val/response_length": float(np.mean([len(s.token_ids) for s in samples])),
+                "time/validate": timer.seconds["validate"]}
+
     # --- the loop ----------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
+    def fit(self) -> dict[str, dict[str, float]]:
         cfg = self.cfg.trainer
         first_val = self.validate() if cfg.val_before_train and self.step == 0 else {}
         if first_val:
@@ -361,10 +347,7 @@ class Trainer:
         while self.step < cfg.total_steps:
             metrics = self.train_step()
             self.step += 1
-            if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.total_steps:
-                last_val = self.validate()
-                metrics.update(last_val)
-            if self.step == cfg.total_steps:
+            if self.step == cfg.total_steps or (cfg.val_every and self.step % cfg.val_every == 0):
                 last_val = self.validate()
                 metrics.update(last_val)
             self.logger.log(self.step, metrics)
@@ -378,17 +361,18 @@ class Trainer:
         self.logger.close()
         return {"first_val": first_val, "last_val": last_val}
 
+    # --- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The driver's algorithm state: what a resumed run needs besides weights and optimizer."""
         return {
             "step": self.step,
-            "stage": self.max_response_length()[0],
+            "stage": self.stage_limit()[0],
             "sampler": self.sampler.state_dict(),  # data position and the mastered-prompt set
-            "entropy_controller": self.entropy_ctl.state_dict(),
+            "entropy_controller": self.entropy.state_dict(),
             "sample_buffer": self.buffer.state_dict() if self.buffer is not None else None,
             "run_id": self.run_id,
             "world_size": self.cfg.learner.num_workers,
-            "learner_backend": self.cfg.learner.backend,
+            "learner_backend": str(self.cfg.learner.backend),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -399,28 +383,24 @@ class Trainer:
                         "mastered-prompt set restart", self.sampler.size, sampler["size"])
         else:
             self.sampler.load_state_dict(sampler)
-        self.entropy_ctl.load_state_dict(state["entropy_controller"])
+        self.entropy.load_state_dict(state["entropy_controller"])
         if self.buffer is not None and state.get("sample_buffer"):
             self.buffer.load_state_dict(state["sample_buffer"])
         self.run_id = state.get("run_id", self.run_id)
 
     def save_checkpoint(self) -> Path:
         """A complete, atomic checkpoint of this step (see or1/checkpoint.py for the layout)."""
-        from transformers import AutoConfig
-
-        t0 = time.time()
-        tmp = self.checkpoints.begin(self.step)
-        self.learners.save_checkpoint(str(tmp))
-        if os.environ.get(FAULT_ENV) == f"after_shards:{self.step}":
-            os.kill(os.getpid(), signal.SIGKILL)
-        AutoConfig.from_pretrained(self.cfg.model.path, trust_remote_code=self.cfg.model.trust_remote_code
-                                   ).save_pretrained(tmp / "hf")
-        self.tokenizer.save_pretrained(tmp / "hf")
-        OmegaConf.save(OmegaConf.structured(self.cfg), tmp / "config.yaml")
-        with open(tmp / STATE_FILE, "w") as f:
-            json.dump(self.state_dict(), f)
-        final = self.checkpoints.commit(tmp, self.cfg.trainer.keep_last)
-        log.info("checkpoint %s written in %.1fs", final, time.time() - t0)
+        timer = PhaseTimer()
+        with timer.phase("checkpoint"):
+            tmp = self.checkpoints.begin(self.step)
+            self.learners.save_checkpoint(str(tmp))  # shards, per-rank state, hf/ (config + tokenizer)
+            if os.environ.get(FAULT_ENV) == f"after_shards:{self.step}":
+                os.kill(os.getpid(), signal.SIGKILL)
+            OmegaConf.save(OmegaConf.structured(self.cfg), tmp / "config.yaml")
+            with open(tmp / STATE_FILE, "w") as f:
+                json.dump(self.state_dict(), f)
+            final = self.checkpoints.commit(tmp, self.cfg.trainer.keep_last)
+        log.info("checkpoint %s written in %.1fs", final, timer.seconds["checkpoint"])
         return final
 
     def resume(self, path: Path | None) -> bool:
@@ -435,100 +415,36 @@ class Trainer:
         return True
 
     def shutdown(self) -> None:
-        if getattr(self, "workers", None) is not None:
-            self.workers.remove()
-        if getattr(self, "rewards", None) is not None:
-            self.rewards.close()
+        for close in self.parts.on_close:
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - shutting down: report, go on with the rest
+                log.warning("shutdown: %r", exc)
 
 
-def connect_ray(cfg: OR1Config) -> None:
-    """Join the cluster at ``trainer.ray_address`` or start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.trainer.ray_address
-    try:
-        ray.init(address=address, num_cpus=None if address else cfg.trainer.ray_num_cpus,
-                 include_dashboard=False, logging_level=logging.WARNING)
-    except ConnectionError as e:
-        raise RuntimeError(f"trainer.ray_address={address!r}: no running Ray cluster reachable ({e}). Start one "
-                           "(`ray start --head` here, `ray start --address=HEAD:6379` on the other nodes) or set "
-                           "trainer.ray_address=null to start a local Ray") from None
+def generated_metrics(groups: list[Group]) -> dict[str, float]:
+    """What was sampled this step, every group of every refill round."""
+    lengths = torch.tensor([len(r) for g in groups for r in g.responses], dtype=torch.float32)
+    return {
+        "reward/mean": torch.cat([g.rewards for g in groups]).mean().item(),
+        "acc/mean": torch.cat([g.correct for g in groups]).mean().item(),
+        "response_length/mean": lengths.mean().item(),
+        "response_length/max": lengths.max().item(),
+        "response/truncated_frac": torch.cat([g.truncated for g in groups]).float().mean().item(),
+    }
 
 
-ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "intermediate_size", "vocab_size")
-
-
-def check_resume_compatible(path: Path, cfg: OR1Config) -> None:
-    """Refuse a checkpoint of another model or world size; log every other changed setting."""
-    from transformers import AutoConfig
-
-    saved = json.loads((path / "hf" / "config.json").read_text())
-    current = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code).to_dict()
-    different = {k: (saved.get(k), current.get(k)) for k in ARCHITECTURE_KEYS if saved.get(k) != current.get(k)}
-    if different:
-        raise ValueError(f"checkpoint {path} is of another model than model.path={cfg.model.path!r}: "
-                         + ", ".join(f"{k} {a} != {b}" for k, (a, b) in different.items()))
-    state = json.loads((path / STATE_FILE).read_text())
-    saved_backend, backend = state.get("learner_backend", "fsdp"), cfg.learner.backend
-    if saved_backend != backend:
-        raise ValueError(f"checkpoint {path} was written by the {saved_backend} learner backend; this run uses "
-                         f"learner.backend={backend} (export it with `python -m or1.export` and start from the "
-                         f"exported model instead)")
-    saved_world, world = state.get("world_size", 1), cfg.learner.num_workers
-    if saved_world != world:
-        if backend != "fsdp":
-            raise ValueError(f"checkpoint {path} was written by {saved_world} learner ranks; this run has {world}, "
-                             f"and DeepSpeed checkpoints load only at the same world size")
-        log.info("resume: %d learner ranks load a checkpoint of %d (FSDP2 reshards on load)", world, saved_world)
-    before = _flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True))
-    now = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
-    for key in sorted(set(before) | set(now)):
-        if before.get(key) != now.get(key):
-            log.info("resume: %s changed from %r to %r", key, before.get(key), now.get(key))
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def validate_algorithm_config(cfg: OR1Config) -> None:
-    """Reject inconsistent settings at start-up with a message naming the field."""
-    a, r = cfg.algorithm, cfg.rollout
-    if a.adv_baseline not in BASELINES:
-        raise ValueError(f"algorithm.adv_baseline must be one of {BASELINES}, got {a.adv_baseline!r}")
-    if a.truncation_mask not in TRUNCATION_MASKS:
-        raise ValueError(f"algorithm.truncation_mask must be one of {TRUNCATION_MASKS}, got {a.truncation_mask!r}")
-    if a.loss_agg_mode not in LOSS_AGG_MODES:
-        raise ValueError(f"algorithm.loss_agg_mode must be one of {LOSS_AGG_MODES}, got {a.loss_agg_mode!r}")
-    if a.kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"algorithm.kl_estimator must be one of {KL_ESTIMATORS}, got {a.kl_estimator!r}")
-    if cfg.actor.dual_clip is not None and cfg.actor.dual_clip <= 1:
-        raise ValueError(f"actor.dual_clip must be > 1 (or null), got {cfg.actor.dual_clip}")
-    lr = cfg.learner
-    if lr.backend not in BACKENDS:
-        raise ValueError(f"learner.backend must be one of {BACKENDS}, got {lr.backend!r}")
-    if lr.compute_dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"learner.compute_dtype must be float32, bfloat16 or float16, got {lr.compute_dtype!r}")
-    if lr.backend == "deepspeed" and lr.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"learner.zero_stage must be 0..3, got {lr.zero_stage}")
-    if lr.sync_bucket_mb <= 0:
-        raise ValueError(f"learner.sync_bucket_mb must be > 0, got {lr.sync_bucket_mb}")
-    if r.sleep_level not in (1, 2):
-        raise ValueError(f"rollout.sleep_level must be 1 or 2, got {r.sleep_level}")
-    if cfg.actor.ppo_epochs < 1 or cfg.actor.mini_batch_size < 0:
-        raise ValueError("actor.ppo_epochs must be >= 1 and actor.mini_batch_size >= 0")
-    if r.n < 2:
-        log.warning("rollout.n=%d: groups of one response have zero advantage; nothing will be learned", r.n)
-    longest = max([st.max_response_length for st in a.stages], default=r.max_response_length)
-    needed = cfg.data.max_prompt_length + longest
-    if r.max_model_len < needed:
-        raise ValueError(f"rollout.max_model_len={r.max_model_len} cannot hold data.max_prompt_length + "
-                         f"the longest response limit = {needed}")
+def trained_metrics(groups: list[Group]) -> dict[str, float]:
+    """What the update actually trains on: the kept groups and any replayed ones (``train/*``)."""
+    if not groups:
+        return {"train/groups": 0.0, "train/sequences": 0.0, "train/tokens": 0.0}
+    lengths = torch.tensor([len(r) for g in groups for r in g.responses], dtype=torch.float32)
+    return {
+        "train/groups": float(len(groups)),
+        "train/sequences": float(len(lengths)),
+        "train/tokens": float(lengths.sum().item()),  # response tokens: the token mean's denominator
+        "train/acc": torch.cat([g.correct for g in groups]).mean().item(),
+        "train/reward": torch.cat([g.rewards for g in groups]).mean().item(),
+        "train/response_length": lengths.mean().item(),
+        "train/truncated_frac": torch.cat([g.truncated for g in groups]).float().mean().item(),
+    }

@@ -56,7 +56,7 @@ def test_truncation_masks_by_hand():
 
     rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     truncated = torch.tensor([[False, False, True, True]])
-    off = apply_truncation_mask(rewards, truncated, "off", eps=0.0, norm_by_std=False)
+    off = apply_truncation_mask(rewards, truncated, "none", eps=0.0, norm_by_std=False)
     assert torch.allclose(off, torch.tensor([[0.75, -0.25, -0.25, -0.25]]))
     after = apply_truncation_mask(rewards, truncated, "after", eps=0.0, norm_by_std=False)
     assert torch.allclose(after, torch.tensor([[0.75, -0.25, 0.0, 0.0]]))

@@ -3,14 +3,18 @@
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
-from or1.algo.entropy import AdaptiveEntropyController
-from or1.algo.filters import informative_groups, mastered_groups
+from or1.algo.entropy import AdaptiveEntropyController, FixedEntropyBonus, make_entropy_bonus
+from or1.algo.filters import groups_with_signal, mastered_groups, select_groups
 from or1.algo.losses import aggregate_loss, kl_penalty, ppo_clip_loss
-from or1.algo.sample_buffer import BufferedGroup, SelectiveSampleBuffer
+from or1.algo.minibatch import near_equal_splits, plan_mini_batches
+from or1.algo.sample_buffer import SelectiveSampleBuffer
 from or1.algo.stages import stage_at
+from or1.batch import Group, group_rows
+from or1.config import EntropyConfig
 from or1.data.dataset import EpochSampler
 
 VALUES = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0], [5.0, 6.0, 0.0, 0.0]])
@@ -61,16 +65,16 @@ def test_kl_estimators_by_hand():
 
 def test_entropy_controller_follows_the_paper_rule():
     c = AdaptiveEntropyController(target=0.2, delta=0.005, min_coef=0.0, max_coef=0.012)
-    assert c.bonus_coef(0.1) == 0.0  # starts at 0: no bonus yet
-    assert c.update(0.1) == pytest.approx(0.005)  # below target: +delta
-    assert c.bonus_coef(0.1) == pytest.approx(0.005)
-    assert c.bonus_coef(0.3) == 0.0  # above target: no bonus even with c > 0
-    assert c.update(0.1) == pytest.approx(0.010)
-    assert c.update(0.1) == pytest.approx(0.012)  # clamped at max
-    assert c.update(0.2) == pytest.approx(0.012)  # equal: unchanged
-    assert c.update(0.5) == pytest.approx(0.007)
+    assert c.coef_for(0.1) == 0.0  # starts at 0: no bonus yet
+    assert c.observe(0.1) == pytest.approx(0.005)  # below target: +delta
+    assert c.coef_for(0.1) == pytest.approx(0.005)
+    assert c.coef_for(0.3) == 0.0  # above target: no bonus even with c > 0
+    assert c.observe(0.1) == pytest.approx(0.010)
+    assert c.observe(0.1) == pytest.approx(0.012)  # clamped at max
+    assert c.observe(0.2) == pytest.approx(0.012)  # equal: unchanged
+    assert c.observe(0.5) == pytest.approx(0.007)
     for _ in range(5):
-        c.update(0.5)
+        c.observe(0.5)
     assert c.coef == 0.0  # clamped at min
     state = AdaptiveEntropyController(coef=0.004).state_dict()
     restored = AdaptiveEntropyController()
@@ -78,9 +82,26 @@ def test_entropy_controller_follows_the_paper_rule():
     assert restored.coef == 0.004
 
 
+def test_fixed_and_adaptive_bonus_share_one_interface():
+    fixed = make_entropy_bonus(EntropyConfig(mode="fixed", fixed_coef=0.01))
+    assert isinstance(fixed, FixedEntropyBonus)
+    assert [fixed.coef_for(e) for e in (0.0, 0.2, 5.0)] == [0.01, 0.01, 0.01]  # whatever the entropy
+    assert fixed.observe(0.0) == 0.01 and fixed.coef == 0.01
+    adaptive = make_entropy_bonus(EntropyConfig(target=0.5, delta=0.1, max_coef=1.0))
+    assert isinstance(adaptive, AdaptiveEntropyController)
+    adaptive.observe(0.1)
+    assert adaptive.coef_for(0.1) == pytest.approx(0.1) and adaptive.coef_for(0.6) == 0.0
+
+
 def test_filters_by_hand():
-    rewards = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.5, 0.5]])
-    assert informative_groups(rewards).tolist() == [False, False, True, False]
+    # advantages, not rewards, decide: [1, 0, 0, 0] with its three zeros truncated under the
+    # "before" mask has all-zero advantages and no signal
+    advantages = torch.tensor([[0.5, -0.5], [0.0, 0.0], [0.0, 1e-3], [-0.0, 0.0]])
+    assert groups_with_signal(advantages).tolist() == [True, False, True, False]
+    assert select_groups(advantages, room=10) == [0, 2]
+    assert select_groups(advantages, room=1) == [0]  # at most what the step still needs
+    assert select_groups(advantages, room=0) == []
+    assert select_groups(advantages, room=3, drop_zero_advantage=False) == [0, 1, 2]
     correct = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [0, 0, 0, 0]])
     assert mastered_groups(correct).tolist() == [True, False, False]
     assert mastered_groups(correct, 0.75).tolist() == [True, True, False]
@@ -104,17 +125,68 @@ def test_mastered_prompts_leave_from_the_next_epoch_and_state_round_trips():
         everything.next_batch(1)
 
 
+def group(prompt, advantages):
+    return Group(prompt, [prompt], [[2], [3]], torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0]),
+                 torch.zeros(2, dtype=torch.bool), rollout_log_probs=[[-0.5], [-0.7]],
+                 advantages=torch.tensor(advantages))
+
+
 def test_sample_buffer_keeps_only_informative_recent_groups():
-    buf = SelectiveSampleBuffer(capacity=2)
-    buf.add(BufferedGroup([1], [[2], [3]], [0.0, 0.0]))  # no signal: not kept
+    buf = SelectiveSampleBuffer(capacity_groups=2)
+    buf.add(group(1, [0.0, 0.0]))  # no signal: not kept
     assert len(buf) == 0
     for i in range(3):
-        buf.add(BufferedGroup([i], [[2], [3]], [1.0, -1.0]))
+        buf.add(group(i, [1.0, -1.0]))
     assert [g.prompt_ids for g in buf.groups] == [[1], [2]]  # oldest left
+    assert all(g.replayed and g.rollout_log_probs is None for g in buf.groups)
     assert len(buf.sample(5, random.Random(0))) == 2
-    clone = SelectiveSampleBuffer(1)
+    clone = SelectiveSampleBuffer(2)
     clone.load_state_dict(buf.state_dict())
-    assert [g.prompt_ids for g in clone.groups] == [[1], [2]] and clone.groups.maxlen == 2
+    assert [g.prompt_ids for g in clone.groups] == [[1], [2]]
+    assert [g.advantages.tolist() for g in clone.groups] == [[1.0, -1.0]] * 2
+    assert clone.groups[0].correct.tolist() == [1.0, 0.0]
+    smaller = SelectiveSampleBuffer(1)  # the configured capacity wins: the newest group stays
+    smaller.load_state_dict(buf.state_dict())
+    assert [g.prompt_ids for g in smaller.groups] == [[2]]
+    # a buffer written before 2026-11-24 (advantages only) still loads
+    old = {"capacity": 4, "groups": [{"prompt_ids": [7], "responses": [[1], [2]], "advantages": [0.5, -0.5]}]}
+    clone.load_state_dict(old)
+    assert clone.groups[0].advantages.tolist() == [0.5, -0.5] and clone.groups[0].rewards.tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("groups, mini_batch_groups, sizes", [
+    (129, 128, [65, 64]),  # not 128 + 1: the tail step would move the weights as far on one group
+    (256, 128, [128, 128]),
+    (10, 0, [10]),  # 0: the whole batch
+    (10, 20, [10]),
+    (10, 3, [3, 3, 2, 2]),
+    (1, 1, [1]),
+])
+def test_mini_batch_plan_is_near_equal(groups, mini_batch_groups, sizes):
+    plan = plan_mini_batches(groups, mini_batch_groups, 1, np.random.default_rng(0))
+    assert [len(mb) for mb in plan] == sizes
+    assert sorted(g for mb in plan for g in mb) == list(range(groups))  # each group once, none split
+    assert near_equal_splits(7, 3) == [3, 2, 2]
+
+
+def test_mini_batch_plan_epochs_and_order():
+    assert plan_mini_batches(4, 0, 1) == [[0, 1, 2, 3]]  # one step: the groups keep their order
+    assert plan_mini_batches(0, 4, 2) == []
+    plan = plan_mini_batches(5, 2, 2, np.random.default_rng(1))
+    assert [len(mb) for mb in plan] == [2, 2, 1, 2, 2, 1]  # ceil(5 / 2) = 3 steps an epoch
+    for epoch in (plan[:3], plan[3:]):
+        assert sorted(g for mb in epoch for g in mb) == list(range(5))
+    assert plan[:3] != plan[3:]  # each epoch reshuffles
+    assert plan_mini_batches(5, 2, 2, np.random.default_rng(1)) == plan  # seeded: reproducible
+    with pytest.raises(ValueError, match="rng"):
+        plan_mini_batches(5, 2, 1)
+
+
+def test_group_rows_keep_groups_of_different_sizes_whole():
+    # groups of 4, 2 (a buffered group from a stage with another rollout.n) and 3 rows
+    assert group_rows([4, 2, 3], [2, 0]) == [6, 7, 8, 0, 1, 2, 3]
+    assert group_rows([4, 2, 3], [1]) == [4, 5]
+    assert sorted(group_rows([4, 2, 3], [0, 1, 2])) == list(range(9))
 
 
 def test_stage_schedule():

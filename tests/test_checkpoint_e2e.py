@@ -18,9 +18,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["recipe=tiny_cpu", "tiny.warmup_steps=60", "trainer.val_before_train=false", "trainer.batch_size=16",
-          "rollout.val_n=1", "algorithm.entropy.target=5.0", "algorithm.entropy.delta=0.001", "algorithm.entropy.max_coef=0.01",
-          "algorithm.sample_buffer.enabled=true", "algorithm.filter.drop_mastered=true",
+COMMON = ["recipe=tiny_cpu", "tiny.warmup_steps=60", "trainer.val_before_train=false", "trainer.prompts_per_step=16",
+          "rollout.val_n=1", "algorithm.entropy.target=5.0", "algorithm.entropy.delta=0.001",
+          "algorithm.entropy.max_coef=0.01", "algorithm.sample_buffer.enabled=true", "algorithm.filter.drop_mastered=true",
           "algorithm.filter.mastered_threshold=0.06"]
 
 

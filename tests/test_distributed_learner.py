@@ -8,11 +8,13 @@ single rank computes them whole. The batch has an odd number of rows, so one ran
 tokens) and the global token normaliser is what makes the ranks agree.
 """
 
+import json
+
 import pytest
 import torch
 
 from or1.batch import build_batch
-from or1.config import ActorConfig, LearnerConfig, ModelConfig
+from or1.config import LearnerConfig, ModelConfig, OptimConfig
 from or1.workers.group import LearnerGroup
 
 from .conftest import free_port
@@ -37,11 +39,11 @@ def start_group(ray, tiny_model, backend: str, world: int, micro_batch_size: int
     from or1.workers.learner import Learner
 
     port = free_port()
-    actor_cfg = ActorConfig(lr=1e-3, micro_batch_size=micro_batch_size, grad_clip=0.0)
+    optim_cfg = OptimConfig(lr=1e-3, grad_clip=0.0)
     learner_cfg = LearnerConfig(backend=backend, num_workers=world, torch_threads=1,
-                                logits_chunk_tokens=logits_chunk_tokens)
+                                micro_batch_sequences=micro_batch_size, logits_chunk_tokens=logits_chunk_tokens)
     return LearnerGroup([ray.remote(num_cpus=0.5)(Learner).remote(
-        ModelConfig(path=str(tiny_model)), actor_cfg, rank, world, "127.0.0.1", port, 0, None, learner_cfg)
+        ModelConfig(path=str(tiny_model)), optim_cfg, None, learner_cfg, rank, world, "127.0.0.1", port, 0)
         for rank in range(world)])
 
 
@@ -91,6 +93,13 @@ def test_two_ranks_reproduce_one(ray_local, tiny_model, batch, single_rank, back
     assert moved > 1e-4, "the step did not change the weights; the comparison proves nothing"
 
     group.save_checkpoint(str(tmp_path))
+    # python -m or1.export reads either backend's sharded checkpoint in one process, bit for bit
+    from or1.export import export_checkpoint
+
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"step": 1, "learner_backend": backend}))
+    exported = _initial_weights(export_checkpoint(tmp_path, tmp_path / "exported"))
+    assert sorted(exported) == sorted(weights)
+    assert all(torch.equal(exported[n], weights[n]) for n in weights)
     # FSDP2's checkpoint reshards (two ranks' shards load into one); DeepSpeed's loads at its own size
     restored = start_group(ray_local, tiny_model, backend, 1 if backend == "fsdp" else 2)
     restored.load_checkpoint(str(tmp_path))
@@ -111,4 +120,4 @@ def test_two_ranks_reproduce_one(ray_local, tiny_model, batch, single_rank, back
 def _initial_weights(path):
     from transformers import AutoModelForCausalLM
 
-    return dict(AutoModelForCausalLM.from_pretrained(path).named_parameters())
+    return {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(path).named_parameters()}

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 MIN_GAIN = 0.10  # measured gains: 0.20 and 0.21 (README)
 REQUIRED_KEYS = {"step", "reward/mean", "acc/mean", "response_length/mean", "actor/entropy", "actor/pg_loss",
-                 "actor/grad_norm", "time/generate", "time/reward", "time/update", "time/sync"}
+                 "actor/grad_norm", "time/generate", "time/reward", "time/update", "time/sync", "time/step",
+                 "train/tokens", "train/acc", "reward/score"}
 
 
 def test_tiny_recipe_runs_end_to_end_and_learns(tmp_path):

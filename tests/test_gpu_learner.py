@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from or1.batch import build_batch
-from or1.config import ActorConfig, AlgorithmConfig, ModelConfig
+from or1.config import AlgorithmConfig, LearnerConfig, ModelConfig, OptimConfig
 
 from .conftest import free_port
 
@@ -24,8 +24,8 @@ def test_learner_on_gpu_matches_cpu_reference_and_round_trips(tiny_model, tmp_pa
     responses = [torch.randint(3, 200, (k,), generator=g).tolist() for k in (1, 3, 5, 2, 7, 4, 6, 2)]
     batch = build_batch(prompts, responses, pad_id=0, advantages=torch.randn(8, generator=g))
     port = free_port()
-    learner = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=3),
-                      master_port=port, algo_cfg=AlgorithmConfig())
+    learner = Learner(ModelConfig(path=str(tiny_model)), OptimConfig(lr=1e-3), AlgorithmConfig(),
+                      LearnerConfig(micro_batch_sequences=3), master_port=port)
     assert next(learner.model.parameters()).device.type == "cuda"
 
     reference = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -38,15 +38,15 @@ def test_learner_on_gpu_matches_cpu_reference_and_round_trips(tiny_model, tmp_pa
     assert (lp - ref_lp)[mask].abs().max().item() < 1e-4
 
     batch["old_log_probs"] = lp + 0.05 * batch["response_mask"]
-    whole = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=8),
-                    master_port=port).update(dict(batch))
+    whole = Learner(ModelConfig(path=str(tiny_model)), OptimConfig(lr=1e-3),
+                    learner_cfg=LearnerConfig(micro_batch_sequences=8), master_port=port).update(dict(batch))
     micro = learner.update(dict(batch))
     assert micro["actor/grad_norm"] == pytest.approx(whole["actor/grad_norm"], rel=1e-4)
     assert micro["actor/pg_loss"] == pytest.approx(whole["actor/pg_loss"], rel=1e-4, abs=1e-6)
 
     learner.save_checkpoint(str(tmp_path))
-    resumed = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=3),
-                      master_port=port)
+    resumed = Learner(ModelConfig(path=str(tiny_model)), OptimConfig(lr=1e-3),
+                      learner_cfg=LearnerConfig(micro_batch_sequences=3), master_port=port)
     resumed.load_checkpoint(str(tmp_path))
     a, b = learner.update(dict(batch)), resumed.update(dict(batch))
     assert a["actor/pg_loss"] == b["actor/pg_loss"] and a["actor/grad_norm"] == b["actor/grad_norm"]
@@ -61,15 +61,15 @@ def _batch():
 
 def _float32_fsdp_and(tiny_model, micro_batch_size: int, **learner_options):
     """A plain float32 FSDP2 learner and one with ``learner_options``, same model, same process group."""
-    from or1.config import LearnerConfig
     from or1.workers.learner import Learner
 
     torch.backends.cuda.matmul.allow_tf32 = False  # compare float32 with float32
     port = free_port()
-    actor = ActorConfig(lr=1e-3, micro_batch_size=micro_batch_size)
-    return (Learner(ModelConfig(path=str(tiny_model)), actor, master_port=port),
-            Learner(ModelConfig(path=str(tiny_model)), actor, master_port=port,
-                    learner_cfg=LearnerConfig(**learner_options)))
+    optim = OptimConfig(lr=1e-3)
+    return (Learner(ModelConfig(path=str(tiny_model)), optim, learner_cfg=LearnerConfig(
+                micro_batch_sequences=micro_batch_size), master_port=port),
+            Learner(ModelConfig(path=str(tiny_model)), optim, learner_cfg=LearnerConfig(
+                micro_batch_sequences=micro_batch_size, **learner_options), master_port=port))
 
 
 def test_bf16_mixed_precision_tracks_float32(tiny_model):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from or1.batch import build_batch
-from or1.config import ActorConfig, AlgorithmConfig, ModelConfig
+from or1.config import AlgorithmConfig, LearnerConfig, ModelConfig, OptimConfig
 
 from .conftest import free_port
 
@@ -25,8 +25,8 @@ def test_micro_batches_reproduce_the_whole_batch(tiny_model, batch, mode):
     results = []
     port = free_port()
     for micro in (6, 1, 4):
-        learner = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=micro),
-                          master_port=port, algo_cfg=AlgorithmConfig(loss_agg_mode=mode))
+        learner = Learner(ModelConfig(path=str(tiny_model)), OptimConfig(lr=1e-3), AlgorithmConfig(loss_agg_mode=mode),
+                          LearnerConfig(micro_batch_sequences=micro), master_port=port)
         b = dict(batch)
         b["old_log_probs"] = learner.compute_log_probs(b) + 0.05 * b["response_mask"]  # ratios != 1
         results.append(learner.update(b, entropy_coef=0.01))
@@ -40,7 +40,8 @@ def test_micro_batches_reproduce_the_whole_batch(tiny_model, batch, mode):
 def test_batch_without_loss_tokens_skips_the_step(tiny_model, batch):
     from or1.workers.learner import Learner
 
-    learner = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(micro_batch_size=4), master_port=free_port())
+    learner = Learner(ModelConfig(path=str(tiny_model)), learner_cfg=LearnerConfig(micro_batch_sequences=4),
+                      master_port=free_port())
     b = dict(batch)
     b["response_mask"] = torch.zeros_like(b["response_mask"])
     b["old_log_probs"] = torch.zeros_like(b["response_mask"])
@@ -52,14 +53,16 @@ def test_batch_without_loss_tokens_skips_the_step(tiny_model, batch):
 def test_lr_warmup_and_its_state_survive_a_checkpoint(tiny_model, batch, tmp_path):
     from or1.workers.learner import Learner
 
-    cfg = ActorConfig(lr=1e-2, lr_warmup_steps=4, micro_batch_size=8)
+    cfg = OptimConfig(lr=1e-2, lr_warmup_steps=4)
     port = free_port()
-    learner = Learner(ModelConfig(path=str(tiny_model)), cfg, master_port=port)
+    learner = Learner(ModelConfig(path=str(tiny_model)), cfg, learner_cfg=LearnerConfig(micro_batch_sequences=8),
+                      master_port=port)
     b = dict(batch)
     b["old_log_probs"] = learner.compute_log_probs(b)
     assert [learner.update(b)["actor/lr"] for _ in range(2)] == pytest.approx([0.0025, 0.005])
     learner.save_checkpoint(str(tmp_path))
-    resumed = Learner(ModelConfig(path=str(tiny_model)), cfg, master_port=port)
+    resumed = Learner(ModelConfig(path=str(tiny_model)), cfg, learner_cfg=LearnerConfig(micro_batch_sequences=8),
+                      master_port=port)
     resumed.load_checkpoint(str(tmp_path))
     a, r = learner.update(b), resumed.update(b)
     assert a["actor/lr"] == r["actor/lr"] == pytest.approx(0.0075)
@@ -69,14 +72,14 @@ def test_lr_warmup_and_its_state_survive_a_checkpoint(tiny_model, batch, tmp_pat
 @pytest.mark.parametrize("chunk", [1, 5, 1000])
 def test_chunked_logits_give_the_same_log_probs_loss_and_gradient(tiny_model, batch, chunk):
     """learner.logits_chunk_tokens never materialises all logits; the numbers must not change."""
-    from or1.config import LearnerConfig
     from or1.workers.learner import Learner
 
     port = free_port()
     results = []
     for chunk_tokens in (0, chunk):
-        learner = Learner(ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-3, micro_batch_size=4),
-                          master_port=port, learner_cfg=LearnerConfig(logits_chunk_tokens=chunk_tokens))
+        learner = Learner(ModelConfig(path=str(tiny_model)), OptimConfig(lr=1e-3),
+                          learner_cfg=LearnerConfig(micro_batch_sequences=4, logits_chunk_tokens=chunk_tokens),
+                          master_port=port)
         b = dict(batch)
         logp = learner.compute_log_probs(b)
         b["old_log_probs"] = logp + 0.05 * b["response_mask"]

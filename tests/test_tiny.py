@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -30,6 +31,7 @@ def test_tokenizer_round_trips_text_and_eos(tiny_model):
     assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == text
 
 
+@pytest.mark.slow  # a 30-second supervised run
 def test_warmup_teaches_the_task(tmp_path):
     from or1.data.arithmetic import generate_splits
     from or1.tiny import TinySpec, create_tiny_model, greedy_accuracy

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from or1.batch import build_batch
-from or1.config import ActorConfig, LearnerConfig, ModelConfig, RolloutConfig
+from or1.config import LearnerConfig, ModelConfig, OptimConfig, RolloutConfig
 from or1.data.dataset import render_prompt
 from or1.workers.group import LearnerGroup, RolloutGroup
 
@@ -37,8 +37,9 @@ def test_bucketed_push_makes_every_engine_match_the_learners(tiny_model, ray_loc
                             for seed in range(2)])
     port = free_port()
     learners = LearnerGroup([ray.remote(num_cpus=0.5)(Learner).remote(
-        ModelConfig(path=str(tiny_model)), ActorConfig(lr=1e-2, weight_decay=0.0, micro_batch_size=64),
-        rank, 2, "127.0.0.1", port, 0, None, LearnerConfig(num_workers=2, torch_threads=1)) for rank in range(2)])
+        ModelConfig(path=str(tiny_model)), OptimConfig(lr=1e-2, weight_decay=0.0), None,
+        LearnerConfig(num_workers=2, torch_threads=1, micro_batch_sequences=64), rank, 2, "127.0.0.1", port, 0)
+        for rank in range(2)])
     prompts = [render_prompt(tok, p, True) for p in ["1+2", "17+25", "9-4", "30+30"]]
     assert not learners.has_reference_model()  # KL off (OR1's default): no reference policy
 

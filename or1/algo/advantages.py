@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-BASELINES = ("mean", "leave_one_out")
-TRUNCATION_MASKS = ("off", "before", "after")
+from or1.config import AdvBaseline, TruncationMask
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, norm_by_std: bool = True,
-                     baseline: str = "mean", valid: torch.Tensor | None = None) -> torch.Tensor:
+                     baseline: AdvBaseline | str = AdvBaseline.mean, valid: torch.Tensor | None = None
+                     ) -> torch.Tensor:
     """Per-response advantages within each prompt group.
 
     ``rewards`` has shape ``[num_groups, n]`` (the n responses of one prompt in a row).
@@ -27,15 +27,14 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, norm_by_std: bool
     """
     if rewards.ndim != 2:
         raise ValueError(f"rewards must be [num_groups, n], got shape {tuple(rewards.shape)}")
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    baseline = _choice(AdvBaseline, baseline, "baseline")
     rewards = rewards.to(torch.float32)
     valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.to(torch.bool)
     w = valid.float()
     m = w.sum(dim=1, keepdim=True)
     total = (rewards * w).sum(dim=1, keepdim=True)
     mean = total / m.clamp(min=1)
-    if baseline == "mean":
+    if baseline == AdvBaseline.mean:
         b = mean
     else:
         b = (total - rewards) / (m - 1).clamp(min=1)
@@ -48,21 +47,28 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, norm_by_std: bool
     return torch.where(valid & enough, centred, torch.zeros_like(centred))
 
 
-def apply_truncation_mask(rewards: torch.Tensor, truncated: torch.Tensor, mode: str, eps: float = 1e-6,
-                          norm_by_std: bool = True, baseline: str = "mean") -> torch.Tensor:
+def apply_truncation_mask(rewards: torch.Tensor, truncated: torch.Tensor, mode: TruncationMask | str,
+                          eps: float = 1e-6, norm_by_std: bool = True,
+                          baseline: AdvBaseline | str = AdvBaseline.mean) -> torch.Tensor:
     """Advantages with OR1's treatment of responses cut at the length limit (``[G, n]`` inputs).
 
-    - ``off``: truncated responses are ordinary samples (their reward is usually 0, so their
+    - ``none``: truncated responses are ordinary samples (their reward is usually 0, so their
       advantage is negative: OR1's adopted "No-Adv-Mask").
     - ``before``: truncated responses are left out of the group statistics and get advantage 0.
     - ``after``: statistics over all responses, then truncated responses' advantages set to 0.
     """
-    if mode not in TRUNCATION_MASKS:
-        raise ValueError(f"truncation mask must be one of {TRUNCATION_MASKS}, got {mode!r}")
+    mode = _choice(TruncationMask, mode, "truncation mask")
     truncated = truncated.to(torch.bool)
-    if mode == "before":
+    if mode == TruncationMask.before:
         return group_advantages(rewards, eps, norm_by_std, baseline, valid=~truncated)
     adv = group_advantages(rewards, eps, norm_by_std, baseline)
-    if mode == "after":
+    if mode == TruncationMask.after:
         adv = torch.where(truncated, torch.zeros_like(adv), adv)
     return adv
+
+
+def _choice(kind, value, what: str):
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{what} must be one of {[c.value for c in kind]}, got {value!r}") from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from or1.config import KLEstimator, LossAgg
+
 
 def token_log_probs_and_entropy(logits: torch.Tensor, input_ids: torch.Tensor,
                                 with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -56,10 +58,7 @@ def ppo_clip_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantag
     return loss, was_clipped.float()
 
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-
-
-def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: str) -> torch.Tensor:
+def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: KLEstimator | str) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from the sampled tokens' log-probs.
 
         k1 = logp - logp_ref
@@ -67,23 +66,20 @@ def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: 
         k3 = exp(logp_ref - logp) - (logp_ref - logp) - 1      (unbiased, low variance, >= 0)
     """
     diff = log_probs - ref_log_probs
-    if estimator == "k1":
+    if estimator == KLEstimator.k1:
         return diff
-    if estimator == "k2":
+    if estimator == KLEstimator.k2:
         return 0.5 * diff.square()
-    if estimator == "k3":
+    if estimator == KLEstimator.k3:
         return torch.exp(-diff) + diff - 1.0
-    raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    raise ValueError(f"KL estimator must be one of {[e.value for e in KLEstimator]}, got {estimator!r}")
 
 
 def masked_token_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum()
 
 
-LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
-
-
-def aggregate_loss(values: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: float | torch.Tensor,
+def aggregate_loss(values: torch.Tensor, mask: torch.Tensor, mode: LossAgg | str, num_tokens: float | torch.Tensor,
                    num_seqs: float | torch.Tensor) -> torch.Tensor:
     """Reduce per-token values to the loss of one micro-batch, normalised for the *whole* batch.
 
@@ -96,14 +92,14 @@ def aggregate_loss(values: torch.Tensor, mask: torch.Tensor, mode: str, num_toke
 
     Sequences without loss tokens contribute 0; an empty batch gives 0, never NaN.
     """
-    if mode == "token_mean":
+    if mode == LossAgg.token_mean:
         return token_mean(values, mask, num_tokens)
     num_seqs = torch.clamp(torch.as_tensor(num_seqs, dtype=values.dtype), min=1.0)
     per_seq = (values * mask).sum(-1)
-    if mode == "seq_mean_token_mean":
+    if mode == LossAgg.seq_mean_token_mean:
         per_seq = per_seq / mask.sum(-1).clamp(min=1.0)
-    elif mode != "seq_mean_token_sum":
-        raise ValueError(f"loss aggregation must be one of {LOSS_AGG_MODES}, got {mode!r}")
+    elif mode != LossAgg.seq_mean_token_sum:
+        raise ValueError(f"loss aggregation must be one of {[m.value for m in LossAgg]}, got {mode!r}")
     return per_seq.sum() / num_seqs
 
 

@@ -11,28 +11,24 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import replace
 
-
-@dataclass
-class BufferedGroup:
-    prompt_ids: list[int]
-    responses: list[list[int]]
-    advantages: list[float]
+from or1.batch import Group
 
 
 class SelectiveSampleBuffer:
-    def __init__(self, capacity: int):
-        if capacity < 1:
-            raise ValueError("the sample buffer needs capacity >= 1")
-        self.groups: deque[BufferedGroup] = deque(maxlen=capacity)
+    def __init__(self, capacity_groups: int):
+        if capacity_groups < 1:
+            raise ValueError("the sample buffer needs capacity_groups >= 1")
+        self.groups: deque[Group] = deque(maxlen=capacity_groups)
 
-    def add(self, group: BufferedGroup) -> None:
-        """Keep ``group`` if any of its advantages is non-zero (the oldest entry leaves when full)."""
-        if any(a != 0.0 for a in group.advantages):
-            self.groups.append(group)
+    def add(self, group: Group) -> None:
+        """Keep ``group`` if any of its advantages is non-zero (the oldest entry leaves when full).
+        Only what a replay needs is kept (no vLLM log-probs)."""
+        if group.advantages is not None and bool((group.advantages != 0).any()):
+            self.groups.append(replace(group, rollout_log_probs=None, replayed=True))
 
-    def sample(self, k: int, rng: random.Random) -> list[BufferedGroup]:
+    def sample(self, k: int, rng: random.Random) -> list[Group]:
         """Up to ``k`` distinct groups, drawn uniformly."""
         return rng.sample(list(self.groups), min(k, len(self.groups)))
 
@@ -40,7 +36,9 @@ class SelectiveSampleBuffer:
         return len(self.groups)
 
     def state_dict(self) -> dict:
-        return {"capacity": self.groups.maxlen, "groups": [vars(g) for g in self.groups]}
+        return {"capacity": self.groups.maxlen, "groups": [g.state_dict() for g in self.groups]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.groups = deque((BufferedGroup(**g) for g in state["groups"]), maxlen=state["capacity"])
+        """The checkpoint's groups, the newest ``capacity_groups`` of them (the configured capacity wins)."""
+        self.groups = deque((replace(Group.from_state_dict(g), replayed=True) for g in state["groups"]),
+                            maxlen=self.groups.maxlen)

@@ -12,20 +12,51 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def load_jsonl(files: list[str]) -> list[dict]:
-    rows = []
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message names the file and row."""
+
+
+@dataclass
+class DataRows:
+    """Rows read from data files, with where each came from (``file:line``) for error messages."""
+
+    rows: list[dict]
+    where: list[str]
+
+
+def read_rows(files: list[str], prompt_key: str, field_name: str = "data.train_files") -> DataRows:
+    """Read and check jsonl rows: every file exists and parses, every row is an object with a
+    non-empty string under ``prompt_key``. Cheap (no tokenizer): run before anything expensive.
+    Raises ``DataError`` naming ``field_name``, the file and the line."""
+    if not files:
+        raise DataError(f"{field_name} is empty: give at least one jsonl file")
+    rows, where = [], []
     for f in files:
         path = Path(f)
         if not path.is_file():
-            raise FileNotFoundError(f"data file {f!r} does not exist")
+            raise DataError(f"{field_name}: data file {f!r} does not exist"
+                            + (f" (relative to {Path.cwd()})" if not path.is_absolute() else ""))
         with open(path) as fh:
             for line_no, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{f}:{line_no} is not valid JSON: {exc}") from exc
-    return rows
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{f}:{line_no} is not valid JSON ({exc})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{f}:{line_no} is a JSON {type(row).__name__}, not an object with a "
+                                    f"{prompt_key!r} field")
+                prompt = row.get(prompt_key)
+                if not isinstance(prompt, str) or not prompt.strip():
+                    problem = "has no" if prompt_key not in row else "has an empty or non-string"
+                    raise DataError(f"{f}:{line_no} {problem} prompt field {prompt_key!r} (data.prompt_key); "
+                                    f"its fields: {sorted(row)[:12]}")
+                rows.append(row)
+                where.append(f"{f}:{line_no}")
+    if not rows:
+        raise DataError(f"{field_name}: no rows in {files}")
+    return DataRows(rows, where)
 
 
 def render_prompt(tokenizer, text: str, apply_chat_template: bool) -> list[int]:
@@ -43,26 +74,26 @@ class PromptDataset:
     rows: list[dict]
     prompt_ids: list[list[int]]
     dropped_too_long: int = 0
+    where: list[str] = field(default_factory=list)  # file:line of each row
 
     @classmethod
-    def from_files(cls, files: list[str], tokenizer, prompt_key: str, max_prompt_length: int,
-                   apply_chat_template: bool = True) -> "PromptDataset":
-        rows, ids, dropped = [], [], 0
-        for row in load_jsonl(files):
-            if prompt_key not in row:
-                raise KeyError(f"a data row lacks the prompt field {prompt_key!r}: {str(row)[:200]}")
+    def from_rows(cls, data: DataRows, tokenizer, prompt_key: str, max_prompt_length: int,
+                  apply_chat_template: bool = True) -> "PromptDataset":
+        rows, ids, where, dropped = [], [], [], 0
+        for row, at in zip(data.rows, data.where):
             p = render_prompt(tokenizer, row[prompt_key], apply_chat_template)
             if len(p) > max_prompt_length:
                 dropped += 1
                 continue
             rows.append(row)
             ids.append(p)
+            where.append(at)
         if dropped:
-            log.warning("dropped %d of %d prompts longer than %d tokens", dropped, dropped + len(rows),
-                        max_prompt_length)
+            log.warning("dropped %d of %d prompts longer than %d tokens (data.max_prompt_length)", dropped,
+                        dropped + len(rows), max_prompt_length)
         if not rows:
-            raise ValueError(f"no usable prompts in {files}")
-        return cls(rows, ids, dropped)
+            raise DataError(f"every prompt is longer than data.max_prompt_length={max_prompt_length} tokens")
+        return cls(rows, ids, dropped, where)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -8,6 +8,12 @@ a bare fence). It is judged by the sandbox service (``sandbox/``, reached at ``u
 
 ``sample["tests"]`` is ``{"inputs": [...], "outputs": [...], "fn_name": optional}`` (or that as
 a JSON string): stdin/stdout tests, or call-based tests when ``fn_name`` is given.
+
+Deadline: the sandbox bounds every test by ``timeout_s``, so a judgement is bounded by the test
+count times that limit; the reward pool's deadline for an item (``score.deadline_s``) is derived
+from it, not from ``reward.timeout_s``, so a correct program with many slow tests is never cut
+short, while a hanging program is stopped by the sandbox after ``timeout_s`` (the first failing
+test ends the judgement unless ``partial_credit``).
 """
 
 from __future__ import annotations
@@ -45,13 +51,23 @@ def _post(url: str, body: dict, timeout: float, retries: int = 20) -> dict:
     raise RuntimeError(f"sandbox at {url} stayed busy after {retries} tries")
 
 
+# Allowance per test beyond its limit (sandbox start-up, process spawn: ~0.05 s measured, more under
+# load), and per judgement (HTTP, the client's retries while the service is busy: up to ~30 s).
+PER_TEST_OVERHEAD_S = 1.0
+PER_JUDGEMENT_SLACK_S = 30.0
+
+
+def _tests(sample: dict) -> dict:
+    tests = sample["tests"]
+    return json.loads(tests) if isinstance(tests, str) else tests
+
+
 def score(response: str, sample: dict, url: str | None = None, partial_credit: bool = False,
           timeout_s: float = 6.0, memory_mb: int = 1024, float_tolerance: float = 0.0) -> dict:
     program = extract_program(response)
     if program is None:
         return {"score": 0.0, "acc": 0.0, "tests_passed_frac": 0.0, "no_code": 1.0}
-    tests = sample["tests"]
-    tests = json.loads(tests) if isinstance(tests, str) else tests
+    tests = _tests(sample)
     url = url or os.environ.get(URL_ENV)
     if not url:
         raise RuntimeError(f"no sandbox: set reward.sandbox.start_local=true, pass url, or set ${URL_ENV}")
@@ -68,3 +84,27 @@ def score(response: str, sample: dict, url: str | None = None, partial_credit: b
     for status in STATUSES:
         out[f"status_{status}"] = sum(r["status"] == status for r in judged) / len(judged)
     return out
+
+
+def judgement_deadline_s(sample: dict, timeout_s: float = 6.0, **_) -> float:
+    """The reward pool's deadline for one judgement: every test at its limit, plus allowances."""
+    return len(_tests(sample)["inputs"]) * (timeout_s + PER_TEST_OVERHEAD_S) + PER_JUDGEMENT_SLACK_S
+
+
+def check_sandbox(url: str | None = None, **_) -> None:
+    """Start-up check: the sandbox service answers ``/health`` (seconds, before anything expensive)."""
+    url = url or os.environ.get(URL_ENV)
+    if not url:
+        raise RuntimeError("no sandbox service is configured for the code verifier: set reward.sandbox.start_local="
+                           "true, or reward.sandbox.url to a running `python -m sandbox`")
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5) as resp:
+            json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"the sandbox service at {url} does not answer /health ({exc}); start it "
+                           "(`python -m sandbox --port PORT`, docker/Dockerfile.sandbox) or set "
+                           "reward.sandbox.start_local=true") from None
+
+
+score.deadline_s = judgement_deadline_s
+score.startup_check = check_sandbox

@@ -1,36 +1,75 @@
 """Scores a step's responses with the configured reward terms, routed by ``data_source``.
 
-Every term is resolved (imported, signature checked) when the manager is built, so a bad
-configuration fails at start-up. Terms run in ``RewardPool`` worker processes under a hard
-deadline; a term that raises, times out or crashes gives ``reward.fallback_score`` for that
-response and is counted in ``reward/errors`` / ``reward/timeouts``: it never kills the run.
+Every term is resolved (imported, signature checked) when the manager is built, its start-up
+check runs (the code verifier: the sandbox answers), and the pool's workers load and warm it up,
+so a bad configuration fails at start-up, in seconds. ``check_on_rows`` then tries each term once
+on a real data row. Terms run in ``RewardPool`` worker processes under a hard deadline (the
+term's own ``deadline_s`` hook, else ``reward.timeout_s``); a term that raises, times out,
+crashes or returns something that is not a number gives ``reward.fallback_score`` for that
+response and is counted in ``reward/errors`` / ``reward/timeouts``: it never kills a step. The
+first few failures of each term are logged in full, later ones as one count per call.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from or1.config import RewardConfig, RewardTerm
+from or1.config import RewardConfig, RewardRoute, RewardTerm
 from or1.rewards import code as code_reward
-from or1.rewards.loader import RewardConfigError, load_reward_fn, reward_value
-from or1.rewards.pool import ItemResult, RewardPool
+from or1.rewards.loader import RewardConfigError, load_reward_fn, reward_hook, reward_value
+from or1.rewards.pool import ItemResult, RewardPool, RewardWorkerStartError
 
 log = logging.getLogger("or1")
+
+RM_PREFIX = "rm:"
+WARN_IN_FULL = 3  # failures of one term (per kind) logged with their message; later ones are counted
 
 
 @dataclass
 class RewardScores:
+    """The scores of one call, and what is needed to report several calls (refill rounds) as one."""
+
     rewards: torch.Tensor  # [N] the weighted sum of the terms
     correct: torch.Tensor  # [N] 0/1
-    metrics: dict[str, float] = field(default_factory=dict)
+    # "<term>" and "<term>/<extra>" -> every value produced (a term only scores the rows routed to it)
+    values: dict[str, list[float]] = field(default_factory=dict)
+    errors: int = 0  # (response, term) items that raised, crashed or returned an unusable value
+    timeouts: int = 0
+    items: int = 0  # (response, term) items scored
+    slowest_item_s: float = 0.0
+    first_failure: str = ""  # one failure's message, for the error when every item fails
 
+    @property
+    def failed(self) -> int:
+        return self.errors + self.timeouts
 
-RM_PREFIX = "rm:"
+    def metrics(self) -> dict[str, float]:
+        out = {f"reward/{k}": float(np.mean(v)) for k, v in self.values.items() if v}
+        out["reward/errors"] = float(self.errors)
+        out["reward/timeouts"] = float(self.timeouts)
+        out["time/reward_slowest_item"] = self.slowest_item_s
+        return out
+
+    @classmethod
+    def concat(cls, parts: Sequence["RewardScores"]) -> "RewardScores":
+        """One ``RewardScores`` for several calls: per-term metrics then cover every item of every call."""
+        values: dict[str, list[float]] = {}
+        for p in parts:
+            for k, v in p.values.items():
+                values.setdefault(k, []).extend(v)
+        return cls(torch.cat([p.rewards for p in parts]) if parts else torch.zeros(0),
+                   torch.cat([p.correct for p in parts]) if parts else torch.zeros(0), values,
+                   sum(p.errors for p in parts), sum(p.timeouts for p in parts), sum(p.items for p in parts),
+                   max((p.slowest_item_s for p in parts), default=0.0),
+                   next((p.first_failure for p in parts if p.first_failure), ""))
 
 
 class LocalSandbox:
@@ -77,29 +116,64 @@ def term_name(term: RewardTerm) -> str:
     return term.name or term.fn.rpartition(":")[2]
 
 
+def route_terms(route: RewardRoute | RewardConfig) -> list[RewardTerm]:
+    """A route's (or the default reward's) terms: ``terms`` when given, else ``fn`` alone with weight 1."""
+    if route.terms:
+        return list(route.terms)
+    return [RewardTerm(fn=route.fn)] if route.fn else []
+
+
 class RewardManager:
     def __init__(self, cfg: RewardConfig, pool: RewardPool | None = None):
         self.cfg = cfg
-        self.default_terms = list(cfg.terms) or [RewardTerm(fn=cfg.fn)]
-        self.routes = {source: list(terms) for source, terms in cfg.routes.items()}
-        for terms in [self.default_terms, *self.routes.values()]:
+        self.default_terms = route_terms(cfg)
+        self.routes = {source: route_terms(route) for source, route in cfg.routes.items()}
+        self._fns = {}  # term key (fn, kwargs) -> the loaded callable (its hooks are read from it)
+        terms_by_key: dict[tuple[str, str], RewardTerm] = {}
+        sections = [("reward", cfg), *((f"reward.routes.{source}", route) for source, route in cfg.routes.items())]
+        for where, route in sections:
+            terms = route_terms(route)
             if not terms:
-                raise ValueError("a reward route needs at least one term")
-            for t in terms:
+                raise RewardConfigError(f"{where} names no reward function: set {where}.fn or {where}.terms")
+            for i, t in enumerate(terms):
+                field_name = f"{where}.terms[{i}].fn" if route.terms else f"{where}.fn"
                 if t.fn.startswith(RM_PREFIX):
                     if t.fn[len(RM_PREFIX):] not in cfg.reward_models:
-                        raise RewardConfigError(f"reward term {t.fn!r} names no model in reward.reward_models "
+                        raise RewardConfigError(f"{field_name}={t.fn!r} names no model in reward.reward_models "
                                                 f"(known: {sorted(cfg.reward_models)})")
-                else:
-                    load_reward_fn(t.fn, dict(t.kwargs))  # raises RewardConfigError with the reason
+                elif _term_key(t) not in self._fns:
+                    try:
+                        self._fns[_term_key(t)] = load_reward_fn(t.fn, dict(t.kwargs))
+                    except RewardConfigError as exc:
+                        raise RewardConfigError(f"{field_name}={t.fn!r}: {exc}") from None
+                    terms_by_key[_term_key(t)] = t
         self.sandbox = None
-        if cfg.sandbox.start_local:
-            self.sandbox = LocalSandbox(cfg.sandbox.max_concurrency)
-            os.environ[code_reward.URL_ENV] = self.sandbox.url  # inherited by the pool's workers
-        elif cfg.sandbox.url:
-            os.environ[code_reward.URL_ENV] = cfg.sandbox.url
-        self.pool = pool or RewardPool(cfg.num_workers, cfg.timeout_s, cfg.memory_mb)
+        self.pool = None
+        self._owns_pool = pool is None  # a pool passed in (tests share one) is its owner's to close
         self.reward_models: dict = {}  # name -> Ray actor handle, see start_reward_models
+        self._warned: Counter = Counter()  # (term, kind) -> failures logged in full so far
+        self._url_before = os.environ.get(code_reward.URL_ENV)  # restored by close()
+        try:
+            if cfg.sandbox.start_local:
+                self.sandbox = LocalSandbox(cfg.sandbox.max_concurrency)
+                os.environ[code_reward.URL_ENV] = self.sandbox.url  # inherited by the pool's workers
+            elif cfg.sandbox.url:
+                os.environ[code_reward.URL_ENV] = cfg.sandbox.url
+            for key, t in terms_by_key.items():
+                check = reward_hook(self._fns[key], "startup_check")
+                if check is not None:
+                    try:
+                        check(**dict(t.kwargs))
+                    except Exception as exc:
+                        raise RewardConfigError(f"reward function {t.fn!r} cannot run: {exc}") from None
+            try:
+                self.pool = pool or RewardPool(cfg.num_workers, cfg.timeout_s, cfg.memory_mb,
+                                               functions=[(t.fn, dict(t.kwargs)) for t in terms_by_key.values()])
+            except RewardWorkerStartError as exc:
+                raise RewardConfigError(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
 
     def start_reward_models(self) -> None:
         """Start one Ray actor per configured reward model (Ray must be initialised)."""
@@ -109,18 +183,54 @@ class RewardManager:
 
         for name, m in self.cfg.reward_models.items():
             self.reward_models[name] = ray.remote(num_cpus=m.num_cpus, num_gpus=m.num_gpus)(
-                RewardModelWorker).remote(m.path, m.dtype, m.batch_size, m.max_length)
+                RewardModelWorker).remote(m.path, str(m.dtype), m.batch_sequences, m.max_length)
         for actor in self.reward_models.values():
             ray.get(actor.__ray_ready__.remote())
 
     def terms_for(self, row: dict) -> list[RewardTerm]:
         return self.routes.get(row.get("data_source", ""), self.default_terms)
 
+    def deadline_s(self, term: RewardTerm, row: dict) -> float:
+        """The item's deadline: the function's ``deadline_s`` hook if it has one, else reward.timeout_s."""
+        hook = reward_hook(self._fns[_term_key(term)], "deadline_s")
+        if hook is None:
+            return self.cfg.timeout_s
+        try:
+            return float(hook(row, **dict(term.kwargs)))
+        except Exception:  # a malformed row: the function itself will report it as that item's error
+            return self.cfg.timeout_s
+
+    def check_on_rows(self, rows: Sequence[dict], where: Sequence[str]) -> None:
+        """Try every function term once, on an empty response to a real row routed to it (``where[i]``
+        names row i, e.g. ``train.jsonl:3``), and refuse the run if it raises, times out or returns
+        something that is not a score. Terms no row is routed to are not tried."""
+        probes: list[tuple[RewardTerm, int]] = []
+        for source, terms in [(None, self.default_terms), *self.routes.items()]:
+            index = next((i for i, row in enumerate(rows) if self.terms_for(row) is terms), None)
+            if index is None:
+                if source is not None:
+                    log.info("reward.routes.%s: no row has data_source %r", source, source)
+                continue
+            probes += [(t, index) for t in terms if not t.fn.startswith(RM_PREFIX)]
+        results = self.pool.score_batch([(t.fn, dict(t.kwargs), "", rows[i]) for t, i in probes],
+                                        [self.deadline_s(t, rows[i]) for t, i in probes])
+        for (t, i), res in zip(probes, results):
+            what = f"reward term {term_name(t)!r} ({t.fn}) on an empty response to row {where[i]}"
+            if res.status != "ok":
+                raise RewardConfigError(f"{what}: {res.status}: {res.error}. A reward function must return a score "
+                                        f"for any response, an empty one included")
+            try:
+                reward_value(res.value)
+            except ValueError as exc:
+                raise RewardConfigError(f"{what} returned an unusable value: {exc}. Return a number, or a dict "
+                                        f"with a numeric 'score' (and numeric extras)") from None
+
     def score(self, responses: list[str], rows: list[dict]) -> RewardScores:
         """One call per step: every (response, term) pair goes to the pool at once."""
         plan = [(i, t) for i, row in enumerate(rows) for t in self.terms_for(row)]
         fn_plan = [(k, i, t) for k, (i, t) in enumerate(plan) if not t.fn.startswith(RM_PREFIX)]
-        pending = self.pool.submit_batch([(t.fn, dict(t.kwargs), responses[i], rows[i]) for _, i, t in fn_plan])
+        pending = self.pool.submit_batch([(t.fn, dict(t.kwargs), responses[i], rows[i]) for _, i, t in fn_plan],
+                                         [self.deadline_s(t, rows[i]) for _, i, t in fn_plan])
         results: list[ItemResult | None] = [None] * len(plan)
         rm_results = self._score_with_models(plan, responses, rows)  # runs while the pool works
         for (k, _, _), res in zip(fn_plan, pending.result()):
@@ -130,45 +240,54 @@ class RewardManager:
         rewards = np.zeros(len(rows))
         correct: list[float | None] = [None] * len(rows)
         primary_score: dict[int, float] = {}
-        per_term: dict[str, list[float]] = {}
-        failures = {"error": 0, "timeout": 0}
+        out = RewardScores(torch.zeros(0), torch.zeros(0), items=len(plan),
+                           slowest_item_s=max((r.seconds for r in results), default=0.0))
+        suppressed: Counter = Counter()  # (term, kind) -> failures in this call not logged in full
         for (i, t), res in zip(plan, results):
             name = term_name(t)
             value, extras = self.cfg.fallback_score, {}
+            kind, message = res.status, res.error
             if res.status == "ok":
                 try:
                     value, extras = reward_value(res.value)
-                except (TypeError, ValueError) as exc:
-                    failures["error"] += 1
-                    log.warning("reward %s returned an unusable value: %s", name, exc)
-            else:
-                failures[res.status] += 1
-                if failures[res.status] <= 3:
-                    log.warning("reward %s %s on a sample (%s); scored %s", name, res.status, res.error,
-                                self.cfg.fallback_score)
+                except ValueError as exc:
+                    kind, message, value = "error", f"unusable value: {exc}", self.cfg.fallback_score
+            if kind != "ok":
+                out.errors += kind == "error"
+                out.timeouts += kind == "timeout"
+                out.first_failure = out.first_failure or f"reward {name} ({t.fn}): {kind}: {message}"
+                if self._warned[(name, kind)] < WARN_IN_FULL:
+                    self._warned[(name, kind)] += 1
+                    last = self._warned[(name, kind)] == WARN_IN_FULL
+                    log.warning("reward %s: %s on a sample (%s); scored %s%s", name, kind, message,
+                                self.cfg.fallback_score, " (further ones are counted, not shown)" if last else "")
+                else:
+                    suppressed[(name, kind)] += 1
             rewards[i] += t.weight * value
             primary_score.setdefault(i, value)
             if "acc" in extras and correct[i] is None:
                 correct[i] = float(extras["acc"])
-            per_term.setdefault(name, []).append(value)
+            out.values.setdefault(name, []).append(value)
             for k, v in extras.items():
-                per_term.setdefault(f"{name}/{k}", []).append(v)
+                out.values.setdefault(f"{name}/{k}", []).append(v)
+        for (name, kind), count in suppressed.items():
+            log.warning("reward %s: %d more %s in this batch of %d items", name, count, kind, len(plan))
         # correct: the first term reporting "acc" decides; otherwise the first term's score >= 1
         acc = [c if c is not None else float(primary_score.get(i, 0.0) >= 1.0) for i, c in enumerate(correct)]
-        metrics = {f"reward/{k}": float(np.mean(v)) for k, v in per_term.items()}
-        metrics["reward/errors"] = float(failures["error"])
-        metrics["reward/timeouts"] = float(failures["timeout"])
-        metrics["time/reward_slowest_item"] = max((r.seconds for r in results), default=0.0)
-        return RewardScores(torch.tensor(rewards, dtype=torch.float32), torch.tensor(acc), metrics)
+        out.rewards = torch.tensor(rewards, dtype=torch.float32)
+        out.correct = torch.tensor(acc, dtype=torch.float32)
+        return out
 
     def _score_with_models(self, plan, responses: list[str], rows: list[dict]) -> dict[int, ItemResult]:
         """Batched reward-model scores for the plan's ``rm:`` terms, keyed by plan position."""
-        import ray
-
         by_model: dict[str, list[tuple[int, int]]] = {}
         for k, (i, t) in enumerate(plan):
             if t.fn.startswith(RM_PREFIX):
                 by_model.setdefault(t.fn[len(RM_PREFIX):], []).append((k, i))
+        if not by_model:
+            return {}
+        import ray
+
         out: dict[int, ItemResult] = {}
         calls = {}
         for name, pairs in by_model.items():
@@ -188,10 +307,24 @@ class RewardManager:
         return out
 
     def close(self) -> None:
-        import ray
-
-        self.pool.close()
+        if self.pool is not None and self._owns_pool:
+            self.pool.close()
+        self.pool = None
         if self.sandbox is not None:
             self.sandbox.stop()
-        for actor in self.reward_models.values():
-            ray.kill(actor)
+            self.sandbox = None
+        if self._url_before is None:
+            os.environ.pop(code_reward.URL_ENV, None)
+        else:
+            os.environ[code_reward.URL_ENV] = self._url_before
+        if self.reward_models:
+            import ray
+
+            for actor in self.reward_models.values():
+                ray.kill(actor)
+            self.reward_models = {}
+
+
+def _term_key(term: RewardTerm) -> tuple[str, str]:
+    return term.fn, json.dumps(dict(term.kwargs), sort_keys=True, default=str)
+

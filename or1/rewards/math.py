@@ -102,3 +102,12 @@ def format_score(response: str, sample: dict) -> float:
     if "<think>" in response and THINK_END not in response:
         return 0.0
     return 1.0 if answer_text(response).count("\\boxed{") == 1 and last_boxed(answer_text(response)) else 0.0
+
+
+def _warmup() -> None:
+    """Import math-verify and sympy and exercise the parser once (seconds, paid before any deadline)."""
+    is_correct("\\boxed{\\frac{1}{2}}", "0.5")
+
+
+score.warmup = _warmup
+format_score.warmup = _warmup

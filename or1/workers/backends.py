@@ -19,15 +19,14 @@ import re
 import torch
 
 from or1.algo.losses import TokenStatsHead
-from or1.config import ActorConfig, LearnerConfig, ModelConfig
+from or1.config import DType, LearnerBackend, LearnerConfig, ModelConfig, OptimConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BACKENDS = ("fsdp", "deepspeed")
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: DType | str) -> torch.dtype:
     try:
-        return _DTYPES[name]
+        return _DTYPES[str(name)]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
 
@@ -54,7 +53,7 @@ def load_hf_model(model_cfg: ModelConfig, gradient_checkpointing: bool, logits_c
 class FSDP2Backend:
     """PyTorch FSDP2 (``fully_shard``): each decoder layer, then the root, sharded over all ranks."""
 
-    def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, learner_cfg: LearnerConfig,
+    def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig, learner_cfg: LearnerConfig,
                  device: torch.device, world_size: int, with_reference: bool):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -65,7 +64,7 @@ class FSDP2Backend:
         mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch_dtype(model_cfg.dtype))
 
         def load_sharded(trainable: bool):
-            model = load_hf_model(model_cfg, trainable and actor_cfg.gradient_checkpointing,
+            model = load_hf_model(model_cfg, trainable and learner_cfg.gradient_checkpointing,
                                   learner_cfg.logits_chunk_tokens).to(device)
             for layer in model.model.layers:
                 fully_shard(layer, mesh=mesh, mp_policy=mp)
@@ -76,9 +75,9 @@ class FSDP2Backend:
         self.ref_model = None
         if with_reference:
             self.ref_model = load_sharded(trainable=False).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=actor_cfg.lr, betas=tuple(actor_cfg.betas),
-                                           weight_decay=actor_cfg.weight_decay)
-        self.scheduler = warmup_scheduler(self.optimizer, actor_cfg.lr_warmup_steps)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
+                                           weight_decay=optim_cfg.weight_decay)
+        self.scheduler = warmup_scheduler(self.optimizer, optim_cfg.lr_warmup_steps)
         self.hf_model = self.model
 
     def zero_grad(self) -> None:
@@ -136,12 +135,12 @@ class DeepSpeedBackend:
     micro-batches varies from step to step) and scales nothing by DeepSpeed's accumulation steps.
     """
 
-    def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, learner_cfg: LearnerConfig,
+    def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig, learner_cfg: LearnerConfig,
                  device: torch.device, world_size: int, with_reference: bool):
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-        self.config = deepspeed_config(model_cfg, actor_cfg, learner_cfg)
+        self.config = deepspeed_config(optim_cfg, learner_cfg)
         self._hf_ds_config = None
         if learner_cfg.zero_stage == 3:
             from transformers.integrations.deepspeed import HfDeepSpeedConfig
@@ -149,10 +148,10 @@ class DeepSpeedBackend:
             # While this object lives, from_pretrained builds the model already partitioned
             # (zero.Init): no rank ever holds the full model.
             self._hf_ds_config = HfDeepSpeedConfig(self.config)
-        model = load_hf_model(model_cfg, actor_cfg.gradient_checkpointing, learner_cfg.logits_chunk_tokens)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=actor_cfg.lr, betas=tuple(actor_cfg.betas),
-                                      weight_decay=actor_cfg.weight_decay)
-        self.scheduler = warmup_scheduler(optimizer, actor_cfg.lr_warmup_steps)
+        model = load_hf_model(model_cfg, learner_cfg.gradient_checkpointing, learner_cfg.logits_chunk_tokens)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
+                                      weight_decay=optim_cfg.weight_decay)
+        self.scheduler = warmup_scheduler(optimizer, optim_cfg.lr_warmup_steps)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                  config=self.config, dist_init_required=False)
         self.model = self.engine
@@ -201,15 +200,15 @@ class DeepSpeedBackend:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {path}/learner")
 
 
-def deepspeed_config(model_cfg: ModelConfig, actor_cfg: ActorConfig, learner_cfg: LearnerConfig) -> dict:
+def deepspeed_config(optim_cfg: OptimConfig, learner_cfg: LearnerConfig) -> dict:
     """or1's DeepSpeed config; ``learner.deepspeed_config`` is merged over it (nested dicts too)."""
     config = {
         # DeepSpeed insists on a batch size; or1 feeds micro-batches itself and marks the boundary.
-        "train_micro_batch_size_per_gpu": actor_cfg.micro_batch_size,
+        "train_micro_batch_size_per_gpu": learner_cfg.micro_batch_sequences,
         "gradient_accumulation_steps": 1,
-        "gradient_clipping": actor_cfg.grad_clip if actor_cfg.grad_clip > 0 else 0.0,
+        "gradient_clipping": optim_cfg.grad_clip if optim_cfg.grad_clip > 0 else 0.0,
         "zero_optimization": {"stage": learner_cfg.zero_stage},
-        "bf16": {"enabled": learner_cfg.compute_dtype == "bfloat16"},
+        "bf16": {"enabled": learner_cfg.compute_dtype == DType.bfloat16},
         "zero_allow_untested_optimizer": True,  # torch AdamW, exactly as the FSDP2 backend uses it
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
@@ -224,12 +223,12 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def make_backend(name: str, *args, **kwargs):
-    if name == "fsdp":
+def make_backend(name: LearnerBackend | str, *args, **kwargs):
+    if name == LearnerBackend.fsdp:
         return FSDP2Backend(*args, **kwargs)
-    if name == "deepspeed":
+    if name == LearnerBackend.deepspeed:
         return DeepSpeedBackend(*args, **kwargs)
-    raise ValueError(f"learner.backend must be one of {BACKENDS}, got {name!r}")
+    raise ValueError(f"learner.backend must be one of {[b.value for b in LearnerBackend]}, got {name!r}")
 
 
 _LAYER_PREFIX = re.compile(r"^(.*?\.layers\.\d+)\.")

@@ -6,8 +6,6 @@ once and merge the answers. No maths here: the learners all-reduce their own los
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from or1.batch import shard_rows, unshard_rows
@@ -68,7 +66,6 @@ class LearnerGroup:
         serialised copy in Ray's object store, every engine loads it, then the next bucket starts.
         Nothing touches disk.
         """
-        t0 = time.time()
         key = (dtype, bucket_mb)
         if key not in self._bucket_plans:
             self._bucket_plans[key] = _get(self.actors[0].weight_bucket_plan.remote(dtype, bucket_mb))
@@ -79,7 +76,7 @@ class LearnerGroup:
             loaded = rollouts.update_weights(refs[0], last=i == len(plan) - 1)
             _get(refs[1:])
             total += loaded
-        return {"sync/bytes": float(total), "sync/buckets": float(len(plan)), "time/sync": time.time() - t0}
+        return {"sync/bytes": float(total), "sync/buckets": float(len(plan))}
 
 
 def split_evenly(count: int, parts: int) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from or1.algo.losses import TokenStatsHead, aggregate_loss, kl_penalty, ppo_clip_loss, token_log_probs_and_entropy
 from or1.batch import slice_batch
-from or1.config import ActorConfig, AlgorithmConfig, LearnerConfig, ModelConfig
+from or1.config import AlgorithmConfig, LearnerConfig, ModelConfig, OptimConfig
 from or1.workers.backends import make_backend, torch_dtype, weight_buckets
 from or1.workers.weight_transfer import WeightPacker
 
@@ -29,10 +29,12 @@ RANK_PARTIAL_METRICS = ("actor/pg_loss", "actor/entropy", "actor/clipfrac", "act
 class Learner:
     """Wrapped with ``ray.remote`` by the driver; a plain class so tests can also run it in-process."""
 
-    def __init__(self, model_cfg: ModelConfig, actor_cfg: ActorConfig, rank: int = 0, world_size: int = 1,
-                 master_addr: str = "127.0.0.1", master_port: int = 29500, seed: int = 0,
-                 algo_cfg: AlgorithmConfig | None = None, learner_cfg: LearnerConfig | None = None):
-        self.cfg = actor_cfg
+    def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig | None = None,
+                 algo_cfg: AlgorithmConfig | None = None, learner_cfg: LearnerConfig | None = None,
+                 rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500,
+                 seed: int = 0):
+        self.model_cfg = model_cfg
+        self.optim = optim_cfg or OptimConfig()
         self.learner_cfg = learner_cfg or LearnerConfig()
         self.algo = algo_cfg or AlgorithmConfig()
         self.rank, self.world_size = rank, world_size
@@ -49,8 +51,8 @@ class Learner:
                                     init_method=f"tcp://{master_addr}:{master_port}",
                                     rank=rank, world_size=world_size)
         # The frozen reference policy exists only when the KL loss is on (OR1 runs without it).
-        self.backend = make_backend(self.learner_cfg.backend, model_cfg, actor_cfg, self.learner_cfg,
-                                    self.device, world_size, with_reference=self.algo.use_kl_loss)
+        self.backend = make_backend(self.learner_cfg.backend, model_cfg, self.optim, self.learner_cfg,
+                                    self.device, world_size, with_reference=self.algo.kl.enabled)
         self.model, self.ref_model = self.backend.model, self.backend.ref_model
         self._packer = WeightPacker()  # reuses its (pinned, on GPUs) staging buffer for every push
 
@@ -76,11 +78,11 @@ class Learner:
         """Log-prob of every token (``[B, L]``, aligned with ``input_ids``) under the current
         policy, or under the frozen reference policy with ``reference=True``."""
         if reference and self.ref_model is None:
-            raise RuntimeError("no reference model: set algorithm.use_kl_loss=true to load one")
+            raise RuntimeError("no reference model: set algorithm.kl.enabled=true to load one")
         model = self.ref_model if reference else self.model
         model.eval()
         out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-        mbs = self.cfg.micro_batch_size
+        mbs = self.learner_cfg.micro_batch_sequences
         for start in range(0, out.shape[0], mbs):
             mb = slice_batch(batch, start, start + mbs)
             logp, _ = self._forward(mb, with_entropy=False, model=model)
@@ -111,15 +113,15 @@ class Learner:
         num_tokens, num_seqs = counts[0], counts[1]
         if num_tokens.item() == 0:
             return {"actor/skipped_update": 1.0, "actor/num_tokens": 0.0}
-        mode = self.algo.loss_agg_mode
-        use_kl = self.algo.use_kl_loss
+        a = self.algo
+        mode, use_kl = a.loss_agg_mode, a.kl.enabled
 
         def agg(values, mask):
             return aggregate_loss(values, mask, mode, num_tokens, num_seqs)
 
         sums = {"pg_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "kl_loss": 0.0}
         self.backend.zero_grad()
-        mbs = self.cfg.micro_batch_size
+        mbs = self.learner_cfg.micro_batch_sequences
         starts = range(0, mask_all.shape[0], mbs)
         for start in starts:
             mb = slice_batch(batch, start, start + mbs)
@@ -127,13 +129,13 @@ class Learner:
             logp, entropy = self._forward(mb, with_entropy=True)
             old = mb["old_log_probs"].to(self.device)
             adv = mb["advantages"].to(self.device).unsqueeze(1)
-            pg, clipped = ppo_clip_loss(logp, old, adv, self.cfg.clip_low, self.cfg.clip_high, self.cfg.dual_clip)
+            pg, clipped = ppo_clip_loss(logp, old, adv, a.clip_low, a.clip_high, a.dual_clip)
             pg_loss = agg(pg, mask)
             entropy_loss = agg(entropy, mask)
             loss = pg_loss - entropy_coef * entropy_loss if entropy_coef > 0 else pg_loss
             if use_kl:
-                kl_loss = agg(kl_penalty(logp, mb["ref_log_probs"].to(self.device), self.algo.kl_estimator), mask)
-                loss = loss + self.algo.kl_coef * kl_loss
+                kl_loss = agg(kl_penalty(logp, mb["ref_log_probs"].to(self.device), a.kl.estimator), mask)
+                loss = loss + a.kl.coef * kl_loss
                 sums["kl_loss"] += kl_loss.item()
             # the backends average gradients over ranks; the loss is already a global mean
             self.backend.backward(loss * self.world_size, last_micro_batch=start == starts[-1])
@@ -146,7 +148,7 @@ class Learner:
                 log_ratio = logp - old
                 sums["approx_kl"] += agg(torch.exp(log_ratio) - 1 - log_ratio, mask).item()
         lr_used = self.backend.lr()
-        grad_norm = self.backend.step(self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
+        grad_norm = self.backend.step(self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf"))
         if not use_kl:
             del sums["kl_loss"]
         metrics = {f"actor/{k}": v for k, v in sums.items()}
@@ -160,8 +162,16 @@ class Learner:
     # --- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, path: str) -> None:
         """Sharded model and optimizer state (every rank writes its own shards; nothing is
-        gathered), plus this rank's LR scheduler and torch RNG states. All ranks must call it."""
+        gathered), plus this rank's LR scheduler and torch RNG states; rank 0 also writes ``hf/``
+        (the model's config and tokenizer, what ``python -m or1.export`` needs). All ranks call it."""
         self.backend.save(path)
+        if self.rank == 0:
+            from transformers import AutoTokenizer
+
+            hf_dir = os.path.join(path, "hf")
+            self.backend.hf_model.config.save_pretrained(hf_dir)
+            AutoTokenizer.from_pretrained(self.model_cfg.path, trust_remote_code=self.model_cfg.trust_remote_code
+                                          ).save_pretrained(hf_dir)
         torch.save({"cpu": torch.get_rng_state(), "scheduler": self.backend.scheduler.state_dict(),
                     "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
                    os.path.join(path, f"rank{self.rank}_state.pt"))

@@ -50,7 +50,7 @@ class RolloutWorker:
         t0 = time.time()
         self.llm = LLM(
             model=model_path,
-            dtype=cfg.dtype,
+            dtype=str(cfg.dtype),
             max_model_len=cfg.max_model_len,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enforce_eager=cfg.enforce_eager,

@@ -1,0 +1,180 @@
+"""Small fakes of the driver's components, so ``or1.trainer.Trainer``'s real logic runs in milliseconds.
+
+- ``ScriptedRollouts`` answers each prompt with responses scripted per prompt index: a response is
+  the character "1" (right) or "0" (wrong) followed by filler tokens, and may be marked truncated.
+- ``ExactRewards`` scores "1..." as 1.0 and anything else as 0.0, like a verifier would.
+- ``RecordingLearners`` keeps every batch it is given and answers like a learner whose policy is
+  exactly vLLM's (old log-probs = vLLM's log-probs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from omegaconf import OmegaConf
+
+from or1.config import OR1Config
+from or1.data.dataset import PromptDataset
+from or1.rewards.manager import RewardScores
+from or1.trainer import Components, Trainer
+from or1.workers.rollout import Sample
+
+PROMPT_BASE = 1000  # prompt i is the single token PROMPT_BASE + i
+RIGHT, WRONG, FILLER = ord("1"), ord("0"), ord("x")
+
+
+def config(tmp_path, **overrides) -> OR1Config:
+    """The schema's defaults, small sizes, and ``overrides`` as dotted keys (``{"trainer.total_steps": 3}``)."""
+    cfg = OmegaConf.structured(OR1Config)
+    base = {"model.path": "unused", "trainer.output_dir": str(tmp_path / "run"), "trainer.loggers": ["jsonl"],
+            "trainer.prompts_per_step": 2, "trainer.total_steps": 1, "trainer.val_before_train": False,
+            "trainer.save_final": False, "rollout.n": 4, "rollout.max_response_length": 8,
+            "rollout.max_model_len": 64, "data.max_prompt_length": 8}
+    for key, value in {**base, **overrides}.items():
+        OmegaConf.update(cfg, key, value, merge=isinstance(value, (list, dict)))
+    return OmegaConf.to_object(cfg)
+
+
+def dataset(num_prompts: int, data_source: str = "math") -> PromptDataset:
+    rows = [{"prompt": f"p{i}", "answer": "1", "data_source": data_source} for i in range(num_prompts)]
+    return PromptDataset(rows, [[PROMPT_BASE + i] for i in range(num_prompts)])
+
+
+@dataclass
+class Outcome:
+    """One response: right or wrong, its length in tokens, and whether the length limit cut it."""
+
+    right: bool
+    length: int = 2
+    truncated: bool = False
+
+
+class ScriptedRollouts:
+    """``script(prompt_index, n) -> [Outcome] * n``; records every generate call."""
+
+    def __init__(self, script: Callable[[int, int], list[Outcome]]):
+        self.script = script
+        self.calls: list[dict] = []
+        self.asleep = False
+        self.events: list[str] = []
+
+    def generate(self, prompt_token_ids, n, temperature, top_p, max_tokens, seeds):
+        self.calls.append({"prompts": [p[0] - PROMPT_BASE for p in prompt_token_ids], "n": n,
+                           "temperature": temperature, "max_tokens": max_tokens, "seeds": seeds})
+        samples = []
+        for g, ids in enumerate(prompt_token_ids):
+            outcomes = self.script(ids[0] - PROMPT_BASE, n)
+            assert len(outcomes) == n
+            for o in outcomes:
+                tokens = [RIGHT if o.right else WRONG] + [FILLER] * (o.length - 1)
+                tokens = tokens[:max_tokens]
+                samples.append(Sample(g, tokens, [-0.5] * len(tokens), o.truncated or o.length > max_tokens))
+        return samples
+
+    def sleep(self, level):
+        self.asleep = True
+        self.events.append(f"sleep{level}")
+
+    def wake_up(self, tags=None):
+        self.events.append(f"wake:{','.join(tags or ['all'])}")
+        if tags is None or "kv_cache" in tags:
+            self.asleep = False
+
+
+class ExactRewards:
+    """A verifier: 1.0 for a response starting with "1", else 0.0. ``fail`` makes every item an error."""
+
+    def __init__(self):
+        self.fail = False
+        self.calls = 0
+
+    def score(self, responses, rows):
+        self.calls += 1
+        if self.fail:
+            n = len(responses)
+            return RewardScores(torch.zeros(n), torch.zeros(n), {"score": [0.0] * n}, errors=n, items=n,
+                                first_failure="reward score (x:score): error: KeyError: 'answer'")
+        values = [1.0 if r.startswith("1") else 0.0 for r in responses]
+        return RewardScores(torch.tensor(values), torch.tensor(values), {"score": values}, items=len(values))
+
+
+@dataclass
+class RecordingLearners:
+    """Records every update batch; old log-probs equal vLLM's, so ``rollout/logprob_abs_diff`` is 0."""
+
+    updates: list[dict] = field(default_factory=list)
+    log_prob_calls: list[bool] = field(default_factory=list)  # reference=...
+    pushes: int = 0
+    saved: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    world_size: int = 1
+
+    def compute_log_probs(self, batch, reference=False):
+        self.log_prob_calls.append(reference)
+        return batch["rollout_log_probs"].clone() - (0.1 if reference else 0.0)
+
+    def update(self, batch, entropy_coef):
+        self.updates.append({**{k: v.clone() for k, v in batch.items()}, "entropy_coef": entropy_coef})
+        mask = batch["response_mask"]
+        return {"actor/pg_loss": float((batch["advantages"].unsqueeze(1) * mask).sum()), "actor/grad_norm": 1.0,
+                "actor/num_tokens": float(mask.sum()), "actor/skipped_update": 0.0}
+
+    def push_weights(self, rollouts, dtype, bucket_mb):
+        self.pushes += 1
+        if hasattr(rollouts, "events"):
+            rollouts.events.append("push")
+        return {"sync/bytes": 1.0, "sync/buckets": 1.0}
+
+    def save_checkpoint(self, path):
+        self.saved.append(path)
+        with open(os.path.join(path, "learner.json"), "w") as f:
+            json.dump({"updates": len(self.updates)}, f)
+
+    def load_checkpoint(self, path):
+        self.loaded.append(path)
+
+    def save_hf(self, out_dir, tokenizer_path):
+        os.makedirs(out_dir, exist_ok=True)
+        return out_dir
+
+
+class CharTokenizer:
+    pad_token_id = 0
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return ["".join(chr(t) for t in seq) for seq in ids]
+
+
+def make_trainer(cfg: OR1Config, script, num_prompts: int = 8, val_prompts: int = 0, resume_from=None,
+                 sleep_rollouts: bool = False, rewards: ExactRewards | None = None):
+    parts = Components(RecordingLearners(), ScriptedRollouts(script), rewards or ExactRewards(), CharTokenizer(),
+                       dataset(num_prompts), dataset(val_prompts) if val_prompts else None,
+                       sleep_rollouts=sleep_rollouts)
+    return Trainer(cfg, parts, resume_from=resume_from)
+
+
+def by_prompt(table: dict[int, list[Outcome]], default: Callable[[int, int], list[Outcome]] | None = None):
+    """A script from a table of prompt index -> outcomes (``default`` for the rest: all wrong)."""
+    def script(index: int, n: int) -> list[Outcome]:
+        if index in table:
+            return table[index]
+        return default(index, n) if default else [Outcome(False)] * n
+    return script
+
+
+def mixed(index: int, n: int) -> list[Outcome]:
+    """Half right, half wrong: every group informative."""
+    return [Outcome(i % 2 == 0, length=2 + i) for i in range(n)]
+
+
+def rows_of(update: dict) -> list[tuple[int, tuple[int, ...]]]:
+    """(prompt index, response tokens) of every row of one recorded update batch."""
+    out = []
+    for ids, mask in zip(update["input_ids"], update["response_mask"]):
+        prompt = int(ids[0]) - PROMPT_BASE
+        out.append((prompt, tuple(int(t) for t, m in zip(ids, mask) if m > 0)))
+    return out

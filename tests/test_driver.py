@@ -1,0 +1,269 @@
+"""The driver's logic (or1.trainer.Trainer) with fake components: filtering, refill, masks, the
+sample buffer, mini-batch plans, metrics, reward failures, stages, checkpoint state. Milliseconds
+per test; what each option does is checked where it is wired (the batches the learner receives)."""
+
+import json
+
+import pytest
+import torch
+
+from or1.trainer import RewardFailure
+
+from .fakes import (FILLER, RIGHT, WRONG, ExactRewards, Outcome, by_prompt, config, make_trainer, mixed,
+                    rows_of)
+
+
+def kept_prompts(learners) -> list[int]:
+    return sorted({p for u in learners.updates for p, _ in rows_of(u)})
+
+
+# --- defect 1: groups are selected by their advantages, after the truncation mask ---------------
+def test_a_group_whose_signal_is_masked_is_dropped_and_refilled(tmp_path):
+    """[1, 0, 0, 0] with the three zeros truncated: under the "before" mask its advantages are all
+    zero; it must not count toward the batch, stop refill early or dilute the token mean."""
+    table = {0: [Outcome(True), Outcome(False, truncated=True), Outcome(False, truncated=True),
+                 Outcome(False, truncated=True)],
+             1: [Outcome(True), Outcome(False), Outcome(True), Outcome(False)]}
+    cfg = config(tmp_path, **{"algorithm.truncation_mask": "before", "algorithm.filter.refill": True})
+    trainer = make_trainer(cfg, by_prompt(table, default=mixed))
+    trainer.sampler.next_batch = lambda k, it=iter([[0, 1], [2], [3]]): next(it)  # prompts 0, 1, then 2
+    m = trainer.train_step()
+    assert kept_prompts(trainer.learners) == [1, 2]  # prompt 0 dropped, prompt 2 refilled in its place
+    assert m["filter/groups_kept"] == 2 and m["filter/refill_rounds"] == 1 and m["filter/groups_generated"] == 3
+    assert m["filter/informative_frac"] == pytest.approx(2 / 3)
+    assert m["train/groups"] == 2 and m["train/sequences"] == 8
+
+
+def test_truncated_rows_reach_the_learner_with_advantage_zero_under_the_after_mask(tmp_path):
+    table = {0: [Outcome(True), Outcome(False, truncated=True), Outcome(False), Outcome(False, truncated=True)]}
+    trainer = make_trainer(config(tmp_path, **{"algorithm.truncation_mask": "after",
+                                               "trainer.prompts_per_step": 1}), by_prompt(table))
+    trainer.sampler.next_batch = lambda k: [0]
+    trainer.train_step()
+    (update,) = trainer.learners.updates
+    adv = update["advantages"]
+    # statistics over all four (mean 0.25, std 0.5), then the truncated ones zeroed
+    assert adv.tolist() == pytest.approx([1.5, 0.0, -0.5, 0.0], abs=1e-5)
+
+
+def test_without_the_mask_truncated_rows_carry_their_negative_advantage(tmp_path):
+    table = {0: [Outcome(True), Outcome(False, truncated=True), Outcome(False), Outcome(False, truncated=True)]}
+    trainer = make_trainer(config(tmp_path, **{"trainer.prompts_per_step": 1}), by_prompt(table))
+    trainer.sampler.next_batch = lambda k: [0]
+    m = trainer.train_step()
+    assert trainer.learners.updates[0]["advantages"].tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5], abs=1e-5)
+    assert m["response/truncated_frac"] == 0.5 and m["train/truncated_frac"] == 0.5
+
+
+def test_with_the_filter_off_every_group_is_trained(tmp_path):
+    cfg = config(tmp_path, **{"algorithm.filter.drop_zero_advantage": False, "trainer.prompts_per_step": 3})
+    trainer = make_trainer(cfg, by_prompt({1: [Outcome(True)] * 4}, default=mixed))
+    trainer.sampler.next_batch = lambda k: [0, 1, 2]
+    m = trainer.train_step()
+    assert kept_prompts(trainer.learners) == [0, 1, 2] and m["filter/groups_dropped"] == 0
+
+
+def test_a_step_with_no_signal_skips_the_update_and_the_push(tmp_path):
+    trainer = make_trainer(config(tmp_path, **{"trainer.total_steps": 2}), lambda i, n: [Outcome(False)] * n)
+    trainer.fit()
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["actor/skipped_update"] for s in steps] == [1.0, 1.0]
+    assert all(s["filter/groups_kept"] == 0 and s["train/groups"] == 0 and "actor/pg_loss" not in s for s in steps)
+    assert trainer.learners.updates == [] and trainer.learners.pushes == 0
+
+
+# --- defect 2: near-equal mini-batches; groups never split or dropped -------------------------
+def test_129_groups_in_mini_batches_of_128_make_two_near_equal_steps(tmp_path):
+    cfg = config(tmp_path, **{"trainer.prompts_per_step": 129, "algorithm.mini_batch_groups": 128, "rollout.n": 2})
+    trainer = make_trainer(cfg, mixed, num_prompts=200)
+    m = trainer.train_step()
+    assert [u["input_ids"].shape[0] for u in trainer.learners.updates] == [130, 128]  # 65 + 64 groups of 2
+    assert m["actor/num_updates"] == 2
+    sampled = trainer.rollouts.calls[0]["prompts"]
+    assert sorted(p for u in trainer.learners.updates for p, _ in rows_of(u)) == sorted(sampled * 2)  # every row once
+
+
+def test_replayed_groups_of_another_size_are_never_split_or_dropped(tmp_path):
+    """Buffered groups of 4 (generated before rollout.n became 2) mixed with fresh groups of 2."""
+    cfg = config(tmp_path, **{"algorithm.sample_buffer.enabled": True, "algorithm.sample_buffer.mix_ratio": 1.0,
+                              "algorithm.sample_buffer.min_informative_frac": 1.1, "trainer.prompts_per_step": 3,
+                              "algorithm.mini_batch_groups": 2, "algorithm.ppo_epochs": 2})
+    trainer = make_trainer(cfg, mixed)
+    trainer.train_step()  # n = 4: three groups of 4 go into the buffer
+    trainer.step += 1
+    trainer.learners.updates.clear()
+    trainer.cfg.rollout.n = 2
+    m = trainer.train_step()
+    assert m["buffer/replayed_groups"] == 3 and m["train/groups"] == 6 and m["train/sequences"] == 3 * 2 + 3 * 4
+    assert m["actor/num_updates"] == 2 * 3  # 6 groups in steps of at most 2, twice
+    for epoch in (trainer.learners.updates[:3], trainer.learners.updates[3:]):
+        rows = [row for u in epoch for row in rows_of(u)]
+        assert len(rows) == 18  # every row of every group, once an epoch
+        for u in epoch:  # each group's rows all in one step
+            prompts = [p for p, _ in rows_of(u)]
+            for p in set(prompts):
+                assert prompts.count(p) in (2, 4, 6)  # a fresh group (2), a replayed one (4), or both of prompt p
+
+
+def test_replayed_groups_keep_their_stored_advantages(tmp_path):
+    cfg = config(tmp_path, **{"algorithm.sample_buffer.enabled": True, "algorithm.sample_buffer.mix_ratio": 0.5,
+                              "algorithm.sample_buffer.min_informative_frac": 0.5})
+    trainer = make_trainer(cfg, by_prompt({0: [Outcome(True), Outcome(False), Outcome(False), Outcome(False)]}))
+    trainer.sampler.next_batch = lambda k, it=iter([[0, 1], [2, 3]]): next(it)
+    first = trainer.train_step()  # informative fraction 1/2: not starved, prompt 0 goes into the buffer
+    trainer.step += 1
+    second = trainer.train_step()  # nothing informative: replay one group (0.5 x 2 prompts)
+    assert first["buffer/replayed_groups"] == 0 and second["buffer/replayed_groups"] == 1
+    stored = trainer.learners.updates[0]["advantages"]
+    assert torch.equal(trainer.learners.updates[1]["advantages"], stored)  # the advantages from step 1
+    assert second["rollout/logprob_abs_diff"] == 0.0 and second["train/groups"] == 1
+
+
+# --- item 8: metrics over every refill round, and of what was trained --------------------------
+def test_reward_metrics_cover_every_refill_round_and_train_metrics_what_was_trained(tmp_path):
+    table = {0: [Outcome(False)] * 4, 1: [Outcome(False)] * 4,
+             2: [Outcome(True, length=3), Outcome(False, length=5)] * 2}
+    cfg = config(tmp_path, **{"algorithm.filter.refill": True, "trainer.prompts_per_step": 2})
+    trainer = make_trainer(cfg, by_prompt(table, default=mixed))
+    trainer.sampler.next_batch = lambda k, it=iter([[0, 1], [2, 3]]): next(it)
+    m = trainer.train_step()
+    # round 1: 8 wrong; round 2: prompt 2 half right, prompt 3 (mixed) half right -> 4 of 16 right
+    assert m["reward/score"] == pytest.approx(4 / 16)
+    assert m["acc/mean"] == pytest.approx(4 / 16) and m["reward/mean"] == pytest.approx(4 / 16)
+    assert m["filter/refill_rounds"] == 1 and m["filter/groups_kept"] == 2
+    # trained: prompts 2 and 3 only; lengths 3, 5, 3, 5 and 2, 3, 4, 5
+    assert m["train/groups"] == 2 and m["train/sequences"] == 8
+    assert m["train/tokens"] == 16 + 14 and m["train/response_length"] == pytest.approx(30 / 8)
+    assert m["train/acc"] == pytest.approx(0.5) and m["response_length/mean"] == pytest.approx((8 * 2 + 30) / 16)
+    assert m["actor/num_tokens"] == 30  # what the learner saw: the token mean's denominator
+
+
+def test_phase_times_are_measured_for_every_phase(tmp_path):
+    trainer = make_trainer(config(tmp_path), mixed, sleep_rollouts=True)
+    m = trainer.train_step()
+    for phase in ("generate", "reward", "old_log_prob", "update", "sync", "rollout_sleep", "step"):
+        assert m[f"time/{phase}"] >= 0.0, phase
+    assert m["time/step"] >= m["time/generate"] + m["time/update"]
+    # colocated: vLLM sleeps before the learners work and wakes, weights first, for the push
+    assert trainer.rollouts.events == ["sleep1", "wake:weights", "push", "wake:kv_cache"]
+
+
+# --- item 11: a reward that always fails stops the run -----------------------------------------
+def test_every_reward_failing_for_several_steps_stops_the_run(tmp_path):
+    rewards = ExactRewards()
+    trainer = make_trainer(config(tmp_path, **{"trainer.total_steps": 10, "reward.max_failed_steps": 3}), mixed,
+                           rewards=rewards)
+    rewards.fail = True
+    trainer.train_step()
+    trainer.train_step()
+    rewards.fail = False
+    trainer.train_step()  # one good step resets the count
+    assert trainer.failed_reward_steps == 0
+    rewards.fail = True
+    with pytest.raises(RewardFailure, match=r"3 consecutive steps.*KeyError: 'answer'"):
+        trainer.fit()
+    assert trainer.step == 2  # fit's third step, the third failing one in a row, raised before it counted
+
+
+# --- the other options, checked where they are wired -------------------------------------------
+def test_stages_set_the_response_limit_per_step(tmp_path):
+    cfg = config(tmp_path, **{"trainer.total_steps": 4, "rollout.max_model_len": 64,
+                              "algorithm.stages": [{"steps": 2, "max_response_length": 2},
+                                                   {"steps": 0, "max_response_length": 6}]})
+    trainer = make_trainer(cfg, lambda i, n: [Outcome(j % 2 == 0, length=4) for j in range(n)])
+    trainer.fit()
+    assert [c["max_tokens"] for c in trainer.rollouts.calls] == [2, 2, 6, 6]
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["response/truncated_frac"] for s in steps] == [1.0, 1.0, 0.0, 0.0]  # 4 tokens cut at 2, not at 6
+    assert [s["stage"] for s in steps] == [0, 0, 1, 1]
+
+
+def test_kl_loads_reference_log_probs_into_the_update(tmp_path):
+    trainer = make_trainer(config(tmp_path, **{"algorithm.kl.enabled": True}), mixed)
+    trainer.train_step()
+    assert trainer.learners.log_prob_calls == [False, True]
+    update = trainer.learners.updates[0]
+    assert torch.allclose(update["ref_log_probs"], update["old_log_probs"] - 0.1)
+    plain = make_trainer(config(tmp_path / "b"), mixed)
+    plain.train_step()
+    assert plain.learners.log_prob_calls == [False] and "ref_log_probs" not in plain.learners.updates[0]
+
+
+def test_entropy_bonus_fixed_and_adaptive(tmp_path):
+    fixed = make_trainer(config(tmp_path, **{"algorithm.entropy.mode": "fixed", "algorithm.entropy.fixed_coef": 0.03}),
+                         mixed)
+    m = fixed.train_step()
+    assert fixed.learners.updates[0]["entropy_coef"] == 0.03 and m["actor/entropy_coef"] == 0.03
+    # sampled log-probs are -0.5 per token: e_k = 0.5 < target 1.0, so the coefficient grows each step
+    cfg = config(tmp_path / "a", **{"algorithm.entropy.target": 1.0, "algorithm.entropy.delta": 0.01,
+                                    "algorithm.entropy.max_coef": 0.025, "trainer.total_steps": 4})
+    adaptive = make_trainer(cfg, mixed)
+    adaptive.fit()
+    assert [u["entropy_coef"] for u in adaptive.learners.updates] == pytest.approx([0.0, 0.01, 0.02, 0.025])
+    assert adaptive.state_dict()["entropy_controller"]["coef"] == pytest.approx(0.025)
+
+
+def test_mastered_prompts_leave_the_next_epoch(tmp_path):
+    cfg = config(tmp_path, **{"algorithm.filter.drop_mastered": True, "trainer.prompts_per_step": 4,
+                              "data.shuffle": False})
+    trainer = make_trainer(cfg, by_prompt({1: [Outcome(True)] * 4, 2: [Outcome(True)] * 4}, default=mixed),
+                           num_prompts=4)
+    m = trainer.train_step()
+    assert m["filter/mastered_new"] == 2 and m["filter/mastered_total"] == 2
+    trainer.step += 1
+    trainer.train_step()
+    assert trainer.rollouts.calls[1]["prompts"] == [0, 3, 0, 3]  # epoch 1 without prompts 1 and 2
+
+
+def test_ppo_epochs_pass_over_the_batch_again(tmp_path):
+    trainer = make_trainer(config(tmp_path, **{"algorithm.ppo_epochs": 3}), mixed)
+    m = trainer.train_step()
+    assert m["actor/num_updates"] == 3 and len(trainer.learners.updates) == 3
+    assert all(u["input_ids"].shape[0] == 8 for u in trainer.learners.updates)
+
+
+def test_validation_uses_its_own_samples_and_seeds(tmp_path):
+    cfg = config(tmp_path, **{"rollout.val_n": 2, "rollout.val_temperature": 0.7, "trainer.val_before_train": True})
+    trainer = make_trainer(cfg, lambda i, n: [Outcome(i == 0)] * n, val_prompts=4)
+    result = trainer.fit()
+    assert result["first_val"]["val/acc"] == result["last_val"]["val/acc"] == pytest.approx(0.25)
+    val_calls = [c for c in trainer.rollouts.calls if c["temperature"] == 0.7]
+    assert len(val_calls) == 2 and val_calls[0]["seeds"] == val_calls[1]["seeds"] and val_calls[0]["n"] == 2
+
+
+# --- checkpoint state: a resumed driver continues exactly ----------------------------------------
+def test_checkpoint_and_resume_reproduce_the_uninterrupted_steps(tmp_path):
+    overrides = {"trainer.total_steps": 4, "algorithm.sample_buffer.enabled": True,
+                 "algorithm.sample_buffer.min_informative_frac": 0.9, "algorithm.filter.drop_mastered": True,
+                 "algorithm.entropy.target": 1.0, "algorithm.entropy.delta": 0.01, "algorithm.entropy.max_coef": 1.0,
+                 "algorithm.filter.refill": True, "algorithm.mini_batch_groups": 1, "trainer.prompts_per_step": 3}
+
+    def script(i, n):  # some prompts mastered, some uninformative, the rest mixed
+        return [Outcome(True)] * n if i % 5 == 0 else [Outcome(False)] * n if i % 5 == 1 else mixed(i, n)
+
+    straight = make_trainer(config(tmp_path / "a", **overrides), script, num_prompts=10)
+    straight.fit()
+    first = make_trainer(config(tmp_path / "b", **{**overrides, "trainer.total_steps": 2}), script, num_prompts=10)
+    first.fit()  # saves its final checkpoint at step 2
+    ckpt = first.checkpoints.latest()
+    assert ckpt.name == "step_00000002" and (ckpt / "learner.json").is_file() and (ckpt / "config.yaml").is_file()
+    resumed = make_trainer(config(tmp_path / "b", **overrides), script, num_prompts=10, resume_from=ckpt)
+    assert resumed.step == 2 and resumed.learners.loaded == [str(ckpt)] and resumed.learners.pushes == 1
+    resumed.fit()
+
+    def steps(run):
+        return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")}
+                for r in map(json.loads, (tmp_path / run / "run" / "metrics.jsonl").read_text().splitlines())}
+
+    assert steps("b") == steps("a")
+    assert resumed.state_dict() == {**straight.state_dict(), "run_id": first.run_id}
+    assert [u["input_ids"].tolist() for u in resumed.learners.updates] == \
+        [u["input_ids"].tolist() for u in straight.learners.updates[len(first.learners.updates):]]
+
+
+def test_tokens_are_what_the_fake_says(tmp_path):
+    """The fakes themselves: a right response starts with "1", fillers follow, the limit cuts."""
+    trainer = make_trainer(config(tmp_path), lambda i, n: [Outcome(True, length=3)] * n)
+    samples = trainer.rollouts.generate([[1000]], 2, 1.0, 1.0, 2, None)
+    assert [s.token_ids for s in samples] == [[RIGHT, FILLER]] * 2 and all(s.truncated for s in samples)
+    assert WRONG == ord("0")

@@ -1,0 +1,209 @@
+"""Start-up checks (or1.startup.preflight): every recipe's start-up short of starting actors, and
+every cheap mistake refused in seconds with a message naming the input."""
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from or1.config import register_configs
+from or1.data.dataset import DataError
+from or1.rewards.loader import RewardConfigError
+from or1.rewards.manager import LocalSandbox, RewardManager
+from or1.rewards.pool import RewardPool
+from or1.startup import StartupError, check_model_path, check_ray_address, preflight
+from or1.train import RECIPES_DIR
+
+from .fakes import config as base_config
+
+register_configs()
+MATH, CODE = "or1.rewards.math:score", "or1.rewards.code:score"
+RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+TESTS = json.dumps({"inputs": ["1 2\n"], "outputs": ["3\n"]})
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with RewardPool(num_workers=1, timeout_s=30, functions=[(MATH, {}), (CODE, {})]) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    service = LocalSandbox()
+    yield service
+    service.stop()
+
+
+def write_jsonl(path, rows):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def fake_checkpoint(run_dir):
+    """Just enough of a checkpoint for ``trainer.init_from`` to resolve (the model check comes later)."""
+    step = os.path.join(run_dir, "checkpoints", "step_00000001")
+    os.makedirs(step, exist_ok=True)
+    with open(os.path.join(step, "trainer_state.json"), "w") as f:
+        json.dump({"step": 1}, f)
+
+
+def test_every_recipe_starts_up_short_of_the_actors(tmp_path, monkeypatch, tiny_model, pool, sandbox):
+    """config -> placement plan -> data checks -> model path -> resume target -> reward manager
+    (routes, sandbox) -> each term tried on a real row. The OR1 recipes crashed here before."""
+    monkeypatch.chdir(tmp_path)
+    math_rows = [{"prompt": "1+2?", "answer": "3", "data_source": "math"}]
+    for f in ("data/or1/math.jsonl", "data/or1/aime24.jsonl", "data/or1/aime25.jsonl",
+              "outputs/tiny_cpu/data/train.jsonl", "outputs/tiny_cpu/data/val.jsonl"):
+        write_jsonl(f, math_rows)
+    write_jsonl("data/or1/code.jsonl", [{"prompt": "add", "data_source": "code", "tests": TESTS}])
+    shutil.copytree(tiny_model, "outputs/tiny_cpu/tiny_model")
+    for name in RECIPES:
+        fake_checkpoint(f"outputs/{name}")  # every stage's predecessor "ran"
+    checked_recipes = []
+    with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+        for name in RECIPES:
+            overrides = [f"recipe={name}", f"reward.sandbox.url={sandbox.url}"]
+            if not name.startswith("tiny"):
+                overrides.append(f"model.path={tiny_model}")  # the hub is out of reach here
+            cfg = OmegaConf.to_object(compose(config_name=name, overrides=overrides))
+            checked = preflight(cfg, reward_pool=pool)
+            try:
+                assert checked.train_rows.rows, name
+                if name.startswith(("7b", "32b")):
+                    assert [t.fn for t in checked.rewards.routes["code"]] == [CODE], name
+                    assert checked.rewards.terms_for({"data_source": "code"})[0].fn == CODE
+                if "_stage" in name and not name.endswith("stage1"):
+                    assert checked.resume_from is not None, name  # init_from resolved
+            finally:
+                checked.rewards.close()
+            checked_recipes.append(name)
+    assert {"7b_stage1", "7b_stage2", "32b_stage1", "32b_stage2", "math7b_stage1", "math7b_stage2", "math7b_stage3",
+            "math7b_stage3_5", "tiny_cpu", "tiny_cpu_stage2"} <= set(checked_recipes)
+
+
+def test_stage_recipes_follow_each_other():
+    """Each stage starts where the previous one's output is, later and with a longer context."""
+    with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+        typed = {name: OmegaConf.to_object(compose(config_name=name, overrides=[f"recipe={name}"])) for name in RECIPES}
+    for name, cfg in typed.items():
+        if "_stage" in name and not name.endswith("stage1"):
+            previous = typed[cfg.trainer.init_from.split("/")[-1]]
+            assert cfg.trainer.total_steps > previous.trainer.total_steps, name
+            assert cfg.rollout.max_response_length >= previous.rollout.max_response_length, name
+            assert cfg.model.path == previous.model.path, name
+    math7b = typed["math7b_stage1"]
+    assert math7b.algorithm.mini_batch_groups * 2 == math7b.trainer.prompts_per_step
+
+
+# --- each cheap mistake, refused in-process in seconds -------------------------------------------
+def quick(tmp_path, **overrides):
+    """A config whose data file and model directory exist (the model is a config.json: enough for the checks)."""
+    data, model = tmp_path / "train.jsonl", tmp_path / "model"
+    if not data.exists():
+        write_jsonl(str(data), [{"prompt": "1+2", "answer": "3"}])
+        model.mkdir()
+        (model / "config.json").write_text("{}")
+    return base_config(tmp_path, **{"data.train_files": [str(data)], "model.path": str(model), **overrides})
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer"\n', r"bad.jsonl:2 is not valid JSON"),
+    ('{"prompt": "a"}\n\n{"question": "b"}\n', r"bad.jsonl:3 has no prompt field 'prompt' \(data.prompt_key\)"),
+    ('{"prompt": ""}\n', r"bad.jsonl:1 has an empty or non-string prompt field"),
+    ('["a", "b"]\n', r"bad.jsonl:1 is a JSON list, not an object"),
+])
+def test_bad_data_rows_are_named_by_file_and_line(tmp_path, content, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    with pytest.raises(DataError, match=message):
+        preflight(quick(tmp_path, **{"data.train_files": [str(bad)]}), reward_pool=object())
+
+
+def test_a_missing_data_file_names_the_field_and_the_path(tmp_path):
+    with pytest.raises(DataError, match=r"data.val_files: data file '/nowhere/val.jsonl' does not exist"):
+        preflight(quick(tmp_path, **{"data.val_files": ["/nowhere/val.jsonl"]}), reward_pool=object())
+
+
+def test_model_path_mistakes(tmp_path, monkeypatch, tiny_model):
+    check_model_path(quick(tmp_path, **{"model.path": str(tiny_model)}))  # a model directory: fine
+    with pytest.raises(StartupError, match=r"model.path='/no/such/model' does not exist\."):
+        check_model_path(quick(tmp_path, **{"model.path": "/no/such/model"}))
+    with pytest.raises(StartupError, match=r"model.path='outputs/x/model' does not exist \(relative to"):
+        check_model_path(quick(tmp_path, **{"model.path": "outputs/x/model"}))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StartupError, match="is not a Hugging Face model directory"):
+        check_model_path(quick(tmp_path, **{"model.path": str(tmp_path / "empty")}))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(StartupError, match=r"'someone/some-model' is neither a local directory .* nor in the "
+                                           r"Hugging Face cache, and the hub is off"):
+        check_model_path(quick(tmp_path, **{"model.path": "someone/some-model"}))
+
+
+def test_the_tiny_bootstrap_creates_its_model_only_inside_the_output_dir(tmp_path):
+    """A mistyped model.path used to become a new tiny model, silently."""
+    inside = quick(tmp_path, **{"tiny.enabled": True, "model.path": str(tmp_path / "run" / "tiny_model")})
+    checked = preflight(inside, reward_pool=None)
+    checked.rewards.close()
+    assert checked.create_tiny_model
+    elsewhere = quick(tmp_path, **{"tiny.enabled": True, "model.path": str(tmp_path / "typo" / "tiny_modle")})
+    with pytest.raises(StartupError, match="creates its model only inside trainer.output_dir"):
+        preflight(elsewhere, reward_pool=object())
+
+
+def test_a_bad_reward_function_is_refused_in_seconds(tmp_path):
+    module = tmp_path / "rewards.py"
+    module.write_text("def right(response, sample):\n    return 1.0\n")
+    t0 = time.time()
+    with pytest.raises(RewardConfigError, match=rf"reward.fn='{module}:nope': '{module}' has no callable named"):
+        preflight(quick(tmp_path, **{"reward.fn": f"{module}:nope"}))
+    assert time.time() - t0 < 30
+
+
+def test_a_reward_that_returns_no_score_is_refused_naming_the_row(tmp_path):
+    module = tmp_path / "words.py"
+    module.write_text("def verdict(response, sample):\n    return 'correct'\n")
+    with pytest.raises(RewardConfigError, match=r"reward term 'verdict' .* to row .*train.jsonl:1 returned an unusable "
+                                                r"value: the reward must be a number, got str 'correct'"):
+        preflight(quick(tmp_path, **{"reward.fn": f"{module}:verdict", "reward.num_workers": 1}))
+
+
+def test_a_local_ray_is_always_a_new_one(tmp_path, monkeypatch):
+    """With trainer.ray_address unset, or1 never joins a cluster that happens to run on the host."""
+    import ray
+
+    from or1.startup import connect_ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    connect_ray(quick(tmp_path, **{"trainer.ray_num_cpus": 2}))
+    connect_ray(quick(tmp_path, **{"trainer.ray_address": "auto"}))
+    assert [(c["address"], c["num_cpus"]) for c in calls] == [("local", 2), ("auto", None)]
+
+
+def test_an_unreachable_sandbox_is_refused_at_start(tmp_path, monkeypatch):
+    from or1.rewards.code import URL_ENV
+
+    monkeypatch.delenv(URL_ENV, raising=False)
+    cfg = quick(tmp_path, **{"reward.fn": CODE, "reward.sandbox.url": "http://127.0.0.1:9"})
+    with pytest.raises(RewardConfigError, match=r"the sandbox service at http://127.0.0.1:9 does not answer"):
+        preflight(cfg)
+    with pytest.raises(RewardConfigError, match="no sandbox service is configured"):
+        RewardManager(quick(tmp_path, **{"reward.fn": CODE}).reward, pool=object())
+
+
+def test_unreachable_ray_address_and_bad_resume_paths(tmp_path):
+    t0 = time.time()
+    with pytest.raises(StartupError, match=r"trainer.ray_address='127.0.0.1:9': nothing answers there"):
+        check_ray_address("127.0.0.1:9")  # ray.init would wait forever
+    assert time.time() - t0 < 10
+    with pytest.raises(StartupError, match="must be auto, host:port"):
+        check_ray_address("head-node")
+    with pytest.raises(StartupError, match="is not a complete checkpoint"):
+        preflight(quick(tmp_path, **{"trainer.resume": str(tmp_path / "nothing")}), reward_pool=object())
