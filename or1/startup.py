@@ -9,15 +9,16 @@ any actor:
 3. data files: they exist and parse, every row has its prompt (errors name file and line);
 4. ``model.path``: a local model directory, or a hub name that is cached or on the hub (a
    missing path is "does not exist", naming it, not a hub error);
-5. the resume target (``trainer.resume`` / ``trainer.init_from``) resolves;
+5. the resume target (``trainer.resume`` / ``trainer.init_from``) resolves, and is a checkpoint
+   of the same model and learner backend (and, for DeepSpeed, world size);
 6. rewards: every function imported and its signature checked, start-up hooks run (the code
    verifier: the sandbox answers), the pool's workers load and warm them, and each term is tried
    once on a real data row (its return value must be a score);
 7. Ray: an explicit ``trainer.ray_address`` answers (Ray itself would wait forever).
 
 ``build(cfg)`` then connects Ray and checks the cluster's resources, creates the tiny model if
-the recipe asks for it (minutes), tokenizes the prompts, checks a checkpoint against the model,
-starts the actors and returns a ready ``Trainer``.
+the recipe asks for it (minutes), tokenizes the prompts, starts the actors and returns a ready
+``Trainer``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def preflight(cfg: OR1Config, reward_pool=None) -> Preflight:
     if not create_tiny_model:
         check_model_path(cfg)
     resume_from = resolve_resume_target(cfg)
+    if resume_from is not None and not create_tiny_model:
+        check_resume_compatible(resume_from, cfg)  # another model, backend or world size: refused now
     check_ray_address(cfg.trainer.ray_address)
     rewards = RewardManager(cfg.reward, pool=reward_pool)
     try:
@@ -108,8 +111,8 @@ def build(cfg: OR1Config) -> Trainer:
         if checked.create_tiny_model:
             create_tiny_model(cfg)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        if checked.resume_from is not None:
-            check_resume_compatible(checked.resume_from, cfg)
+        if checked.resume_from is not None and checked.create_tiny_model:
+            check_resume_compatible(checked.resume_from, cfg)  # the model did not exist at preflight
         d = cfg.data
         train_data = PromptDataset.from_rows(checked.train_rows, tokenizer, d.prompt_key, d.max_prompt_length,
                                              d.apply_chat_template)

@@ -40,7 +40,7 @@ def test_reward_model_term_combined_with_verifier(tiny_rm, ray_local):
     rm = RewardModelWorker(str(tiny_rm)).score(["1+1", "1+1"], ["2", "3"])
     assert out.rewards.tolist() == pytest.approx([1.0 + 0.5 * rm[0], 0.5 * rm[1]], abs=1e-4)
     assert out.correct.tolist() == [1.0, 0.0]
-    assert out.metrics["reward/tiny"] == pytest.approx(sum(rm) / 2, abs=1e-4)
+    assert out.metrics()["reward/tiny"] == pytest.approx(sum(rm) / 2, abs=1e-4)
 
 
 def test_unknown_reward_model_is_a_config_error():

@@ -207,3 +207,40 @@ def test_unreachable_ray_address_and_bad_resume_paths(tmp_path):
         check_ray_address("head-node")
     with pytest.raises(StartupError, match="is not a complete checkpoint"):
         preflight(quick(tmp_path, **{"trainer.resume": str(tmp_path / "nothing")}), reward_pool=object())
+
+
+def a_checkpoint(tmp_path, tiny_model, cfg, hidden_size=128, backend="fsdp", world_size=1):
+    """A checkpoint's metadata as or1 writes it (no shards: the checks read only these files)."""
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "hf").mkdir(parents=True)
+    model_config = json.loads((tiny_model / "config.json").read_text())
+    (ckpt / "hf" / "config.json").write_text(json.dumps({**model_config, "hidden_size": hidden_size}))
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 3, "learner_backend": backend,
+                                                         "world_size": world_size}))
+    OmegaConf.save(OmegaConf.structured(cfg), ckpt / "config.yaml")
+    return ckpt
+
+
+@pytest.mark.parametrize("saved, overrides, message", [
+    ({"hidden_size": 256}, {}, r"is of another model than model.path=.*hidden_size 256 != 128"),
+    ({"backend": "deepspeed"}, {}, r"written by the deepspeed learner backend; this run uses learner.backend=fsdp"),
+    ({"backend": "deepspeed", "world_size": 4}, {"learner.backend": "deepspeed"},
+     r"written by 4 learner ranks; this run has 1, and DeepSpeed checkpoints load only at the same world size"),
+])
+def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_start(tmp_path, tiny_model, saved, overrides, message):
+    cfg = quick(tmp_path, **{"model.path": str(tiny_model), **overrides})
+    ckpt = a_checkpoint(tmp_path, tiny_model, cfg, **saved)
+    with pytest.raises(StartupError, match=message):
+        preflight(quick(tmp_path, **{"model.path": str(tiny_model), "trainer.resume": str(ckpt), **overrides}),
+                  reward_pool=object())
+
+
+def test_a_compatible_checkpoint_logs_what_changed(tmp_path, tiny_model, caplog):
+    cfg = quick(tmp_path, **{"model.path": str(tiny_model)})
+    ckpt = a_checkpoint(tmp_path, tiny_model, cfg)
+    with caplog.at_level("INFO", logger="or1"):
+        checked = preflight(quick(tmp_path, **{"model.path": str(tiny_model), "trainer.resume": str(ckpt),
+                                               "optim.lr": 0.5}))
+    checked.rewards.close()
+    assert checked.resume_from == ckpt
+    assert "resume: optim.lr changed from 1e-06 to 0.5" in caplog.text
