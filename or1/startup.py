@@ -263,6 +263,10 @@ def check_resume_compatible(path: Path, cfg: OR1Config) -> None:
     changed setting."""
     from transformers import AutoConfig
 
+    for needed in ("hf/config.json", STATE_FILE, "config.yaml"):
+        if not (path / needed).is_file():
+            raise StartupError(f"checkpoint {path} is incomplete (no {needed}); point trainer.resume / "
+                               "trainer.init_from at a complete one, or set trainer.resume=off")
     saved = json.loads((path / "hf" / "config.json").read_text())
     current = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code).to_dict()
     different = {k: (saved.get(k), current.get(k)) for k in ARCHITECTURE_KEYS if saved.get(k) != current.get(k)}

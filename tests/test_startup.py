@@ -45,12 +45,15 @@ def write_jsonl(path, rows):
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def fake_checkpoint(run_dir):
-    """Just enough of a checkpoint for ``trainer.init_from`` to resolve (the model check comes later)."""
+def fake_checkpoint(run_dir, model_dir):
+    """A checkpoint's metadata (no shards): enough for ``trainer.init_from`` to resolve and be checked."""
     step = os.path.join(run_dir, "checkpoints", "step_00000001")
-    os.makedirs(step, exist_ok=True)
+    os.makedirs(os.path.join(step, "hf"), exist_ok=True)
+    shutil.copy(os.path.join(model_dir, "config.json"), os.path.join(step, "hf", "config.json"))
     with open(os.path.join(step, "trainer_state.json"), "w") as f:
-        json.dump({"step": 1}, f)
+        json.dump({"step": 1, "learner_backend": "fsdp", "world_size": 1}, f)
+    with open(os.path.join(step, "config.yaml"), "w") as f:
+        f.write("{}\n")
 
 
 def test_every_recipe_starts_up_short_of_the_actors(tmp_path, monkeypatch, tiny_model, pool, sandbox):
@@ -64,7 +67,7 @@ def test_every_recipe_starts_up_short_of_the_actors(tmp_path, monkeypatch, tiny_
     write_jsonl("data/or1/code.jsonl", [{"prompt": "add", "data_source": "code", "tests": TESTS}])
     shutil.copytree(tiny_model, "outputs/tiny_cpu/tiny_model")
     for name in RECIPES:
-        fake_checkpoint(f"outputs/{name}")  # every stage's predecessor "ran"
+        fake_checkpoint(f"outputs/{name}", tiny_model)  # every stage's predecessor "ran"
     checked_recipes = []
     with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
         for name in RECIPES:
