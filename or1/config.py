@@ -149,9 +149,10 @@ class RolloutConfig:
     enforce_eager: bool = False  # True skips graph capture / compilation (faster start, used on CPU)
     enable_prefix_caching: bool = True  # the cache is reset after every weight push
     num_cpus: float = 1  # Ray CPUs reserved for each rollout actor
-    # colocated placement on GPUs: vLLM sleeps while the learner works (1: weights to host memory and
-    # KV cache freed; 2: both freed, as the next weight push overwrites them anyway) and wakes for the push
-    sleep_level: int = 1
+    # colocated placement on GPUs: vLLM sleeps while the learner works and wakes for the push.
+    # 2: weights and KV cache freed (every push rewrites all weights, so keeping them is waste; vLLM keeps
+    # its buffers on the host); 1: weights copied to host memory, KV cache freed
+    sleep_level: int = 2
     vllm_log_level: str = "WARNING"  # VLLM_LOGGING_LEVEL inside the actor unless already set
     val_n: int = 1  # samples per validation prompt
     val_temperature: float = 0.0  # 0: greedy validation (then val_n > 1 repeats the same answer)

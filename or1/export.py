@@ -2,20 +2,24 @@
 
 SRC is a checkpoint directory (``.../checkpoints/step_00000100``), a run's output directory (its
 latest complete checkpoint), or a Hugging Face model directory such as a run's ``final/``
-(re-saved, e.g. to change ``--dtype``). Checkpoints of both learner backends are read in this one
-process, without a process group: FSDP2's with torch distributed checkpoint, DeepSpeed ZeRO's by
-reassembling the float32 weights from every rank's partition. The result loads in transformers
-and vLLM.
+(re-written, e.g. to change ``--dtype``). Checkpoints of both learner backends are read in this
+one process, without a process group, and streamed: a bucket of whole layers (``--bucket-mb``) is
+read, written into safetensors shards and released before the next, so the export's own memory is
+one bucket, never the model (FSDP2: torch distributed checkpoint reads only the requested tensors;
+DeepSpeed ZeRO-3: every rank's float32 partition file is memory-mapped and each parameter is
+reassembled from its partitions; a Hugging Face directory: tensor by tensor). The result loads in
+transformers and vLLM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
+
+import torch
 
 from or1.checkpoint import CHECKPOINTS, STATE_FILE, CheckpointDirs
 
@@ -44,66 +48,143 @@ def is_hf_model_dir(src: Path) -> bool:
     return (src / "config.json").is_file() and not (src / "learner").exists()
 
 
-def export_checkpoint(src: str | Path, out: str | Path, dtype: str | None = None) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def export_checkpoint(src: str | Path, out: str | Path, dtype: str | None = None, bucket_mb: float = 1024,
+                      max_shard_gib: float = 5.0) -> Path:
+    """Write SRC's policy to ``out`` (see the module docstring); returns ``out``."""
+    from transformers import AutoConfig, GenerationConfig
 
-    from or1.workers.backends import torch_dtype
+    from or1.workers.backends import torch_dtype, weight_buckets
+    from or1.workers.hf_io import ModelDirWriter
 
     src = Path(src)
-    if is_hf_model_dir(src):  # e.g. a run's final/: load and save again
-        model = AutoModelForCausalLM.from_pretrained(src)
-        if dtype:
-            model.to(torch_dtype(dtype))
-        return write_hf_dir(model, None, out, src)
-    path = find_checkpoint(src)
-    backend = json.loads((path / STATE_FILE).read_text()).get("learner_backend", "fsdp")
-    if not (path / "hf" / "config.json").is_file():
-        raise ExportError(f"checkpoint {path} has no hf/config.json (the model's configuration); it is incomplete")
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path / "hf"))
-    if backend == "deepspeed":
-        _load_deepspeed(model, path / "learner")
+    if is_hf_model_dir(src):  # e.g. a run's final/
+        hf_dir, reader = src, _HFReader(src)
     else:
+        path = find_checkpoint(src)
+        hf_dir = path / "hf"
+        if not (hf_dir / "config.json").is_file():
+            raise ExportError(f"checkpoint {path} has no hf/config.json (the model's configuration); it is incomplete")
+        backend = json.loads((path / STATE_FILE).read_text()).get("learner_backend", "fsdp")
+        reader = _Zero3Reader(path / "learner") if backend == "deepspeed" else _DCPReader(path / "learner", hf_dir)
+    config = AutoConfig.from_pretrained(hf_dir)
+    cast = torch_dtype(dtype) if dtype else None
+    entries = reader.entries()  # (name, shape, dtype) in the source's order
+
+    def out_dtype(source: torch.dtype) -> torch.dtype:
+        return cast if cast is not None and source.is_floating_point else source
+
+    buckets = weight_buckets([(n, shape) for n, shape, _ in entries], 4, int(bucket_mb * 2**20))
+    dtypes = {n: out_dtype(d) for n, _, d in entries}
+    shapes = {n: shape for n, shape, _ in entries}
+    writer = ModelDirWriter(out, [(n, shapes[n], dtypes[n]) for names in buckets for n in names],
+                            int(max_shard_gib * 2**30))
+    for names in buckets:
+        writer.add({n: t.to(dtypes[n]) for n, t in reader.read(names)})
+    try:
+        generation = GenerationConfig.from_pretrained(hf_dir)
+    except OSError:
+        generation = None
+    if dtype:
+        config.dtype = dtype
+    return writer.finish([config, generation], hf_dir)
+
+
+class _HFReader:
+    """A Hugging Face directory's safetensors, tensor by tensor."""
+
+    def __init__(self, model_dir: Path):
+        from or1.workers.hf_io import SafetensorsCheckpoint
+
+        self.checkpoint = SafetensorsCheckpoint(model_dir)
+
+    def entries(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return [(n, self.checkpoint.shape(n), self.checkpoint.dtype(n)) for n in self.checkpoint.names()]
+
+    def read(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        for n in names:
+            yield n, self.checkpoint.read(n)
+
+
+class _DCPReader:
+    """An FSDP2 checkpoint (torch distributed checkpoint): only the requested tensors are read."""
+
+    def __init__(self, learner_dir: Path, hf_dir: Path):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.dir = learner_dir
+        with torch.device("meta"):  # names, shapes and dtypes, no memory
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hf_dir))
+        self.meta = {n: p for n, p in model.named_parameters()}  # tied weights once
+
+    def entries(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return [(n, tuple(p.shape), p.dtype) for n, p in self.meta.items()]
+
+    def read(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
         import torch.distributed.checkpoint as dcp
 
-        state = {"model": model.state_dict()}
-        dcp.load(state, checkpoint_id=str(path / "learner"), no_dist=True)
-        model.load_state_dict(state["model"])
-    if dtype:
-        model.to(torch_dtype(dtype))
-    return write_hf_dir(model, None, out, path / "hf")
+        wanted = {n: torch.empty(self.meta[n].shape, dtype=self.meta[n].dtype) for n in names}
+        dcp.load({"model": wanted}, checkpoint_id=str(self.dir), no_dist=True)
+        yield from wanted.items()
 
 
-def _load_deepspeed(model, learner_dir: Path) -> None:
-    """Reassemble the float32 weights of a DeepSpeed ZeRO checkpoint (any stage, any number of ranks)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+class _Zero3Reader:
+    """A DeepSpeed ZeRO checkpoint's float32 weights, one parameter at a time.
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="state")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {k for k in missing if getattr(model.config, "tie_word_embeddings", False) and k == "lm_head.weight"}
-    if set(missing) - tied or unexpected:
-        raise ExportError(f"the DeepSpeed checkpoint in {learner_dir} does not match its model: missing "
-                          f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    if tied:
-        model.tie_weights()
-
-
-def write_hf_dir(model, state_dict: dict | None, out: str | Path, tokenizer_path: str | Path | None) -> Path:
-    """Save ``model`` (with ``state_dict`` if given) and the tokenizer as a Hugging Face directory.
-
-    Written under a temporary name and renamed, so ``out`` is never a half-written model.
+    ZeRO-3 keeps rank r's part of every parameter in its optimizer file's ``fp32_flat_groups``:
+    parameters in order, each contributing ceil(numel / world) elements. The files are memory-mapped
+    and each parameter is reassembled from the ranks' partitions when asked for (DeepSpeed's own
+    ``GatheredTensor`` layout logic). ZeRO stages 0-2 keep the whole module in the model-states file.
     """
-    from transformers import AutoTokenizer
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=state_dict)
-    if tokenizer_path:
-        AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    def __init__(self, learner_dir: Path, tag: str = "state"):
+        d = learner_dir / tag
+
+        def rank_of(p: Path) -> int:
+            return int(p.name.split("_rank_")[1].split("_")[0])
+
+        model_files = sorted(d.glob("*_model_states.pt"), key=rank_of)
+        optim_files = sorted(d.glob("*_optim_states.pt"), key=rank_of)
+        if not model_files:
+            raise ExportError(f"{d} holds no DeepSpeed checkpoint (no *_model_states.pt)")
+        model_states = torch.load(model_files[0], map_location="cpu", weights_only=False, mmap=True)
+        self.tied = set(model_states.get("shared_params", {}))
+        optim = [torch.load(f, map_location="cpu", weights_only=False, mmap=True)["optimizer_state_dict"]
+                 for f in optim_files]
+        self.zero3 = bool(optim) and int(optim[0]["zero_stage"]) == 3
+        if self.zero3:
+            self.param_shapes = {n: s for group in model_states["param_shapes"] for n, s in group.items()}
+            self.flat_groups = [o["fp32_flat_groups"] for o in optim]
+            sizes = [g.numel() for g in self.flat_groups[0]]
+            self.group_offsets = [0]
+            for size in sizes:
+                self.group_offsets.append(self.group_offsets[-1] + size)
+            world = len(self.flat_groups)
+            self.offsets, offset = {}, 0
+            for name, shape in self.param_shapes.items():
+                self.offsets[name] = offset
+                offset += -(-shape.numel() // world)
+        else:
+            self.module = model_states["module"]
+
+    def entries(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        if self.zero3:  # ZeRO keeps float32 master partitions
+            return [(n, tuple(s), torch.float32) for n, s in self.param_shapes.items() if n not in self.tied]
+        return [(n, tuple(t.shape), torch.float32 if t.is_floating_point() else t.dtype)
+                for n, t in self.module.items() if n not in self.tied]
+
+    def read(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        if not self.zero3:
+            for n in names:
+                t = self.module[n]
+                yield n, t.float() if t.is_floating_point() else t
+            return
+        from deepspeed.utils.zero_to_fp32 import GatheredTensor
+
+        world = len(self.flat_groups)
+        for n in names:
+            shape = self.param_shapes[n]
+            part = -(-shape.numel() // world)
+            yield n, GatheredTensor(self.flat_groups, self.group_offsets, self.offsets[n], part, shape).contiguous()
 
 
 def main() -> None:
@@ -111,9 +192,10 @@ def main() -> None:
     p.add_argument("src", help="a checkpoint directory, a run's output directory, or a Hugging Face model directory")
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="cast the weights")
+    p.add_argument("--bucket-mb", type=float, default=1024, help="weights read and written at a time")
     a = p.parse_args()
     try:
-        print(f"wrote {export_checkpoint(a.src, a.out, a.dtype)}")
+        print(f"wrote {export_checkpoint(a.src, a.out, a.dtype, a.bucket_mb)}")
     except ExportError as exc:
         print(f"or1.export: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

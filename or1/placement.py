@@ -124,21 +124,43 @@ def model_shape(cfg: OR1Config) -> ModelShape | None:
 
 
 def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) -> dict[str, float]:
-    """Rough peak memory per GPU (GiB), for planning; activations only when the shape is known.
+    """Rough memory per GPU (GiB) for planning: the parts, then the peak of each phase.
 
-    - learner state: parameters + gradients + AdamW's two moments, in the master dtype, sharded
-      over the ranks (FSDP2 / ZeRO-3): 16 bytes per parameter in float32, 8 in bfloat16.
-    - learner activations, one micro-batch of full-length rows: with gradient checkpointing the
+    Parts (activations only when the model's shape is known):
+
+    - ``learner_weights``: the master weights, sharded over the ranks (FSDP2 / ZeRO-3), plus the
+      frozen reference model when ``algorithm.kl.enabled``: 4 bytes per parameter in float32, 2 in
+      bfloat16, divided by the number of learner ranks.
+    - ``learner_state``: weights + gradients + AdamW's two moments during an update: 16 bytes per
+      parameter in float32, 8 in bfloat16 (plus the reference weights), sharded.
+    - ``learner_activations``, one micro-batch of full-length rows: with gradient checkpointing the
       layer inputs (hidden x 2 bytes per token and layer) plus one layer's working set; without,
-      ~34 x hidden bytes per token and layer (Korthikanti et al. 2022, flash attention); plus the
-      float32 logits, their softmax and gradient (3 x 4 bytes x vocab per token) of the whole
-      micro-batch, or of one chunk with ``learner.logits_chunk_tokens``.
-    - vLLM: rollout.gpu_memory_utilization of the GPU (weights + KV cache), its weights being
-      2 bytes per parameter / tensor_parallel_size.
+      ~34 x hidden bytes per token and layer (Korthikanti et al. 2022, flash attention).
+    - ``learner_logits``: the float32 logits, their softmax and gradient (3 x 4 bytes x vocab per
+      token) of the whole micro-batch, or of one chunk with ``learner.logits_chunk_tokens``.
+    - ``sync_bucket``: the parameters gathered at once for a push or a save (``learner.sync_bucket_mb``).
+    - ``vllm_weights`` (2 bytes per parameter / tensor_parallel_size) inside ``vllm_total``:
+      ``rollout.gpu_memory_utilization`` of the GPU (weights + KV cache).
+
+    Phases, on the learner's GPU (the one it shares with vLLM when colocated):
+
+    - ``init``: each rank builds the model on the meta device and reads only its shards from the
+      safetensors, so only ``learner_weights`` is allocated; colocated engines already sleep
+      (``sleep_level=2`` frees their weights and KV cache).
+    - ``update``: ``learner_state`` + activations + logits; colocated vLLM sleeps.
+    - ``save``: resident state (no gradients) + one gathered bucket on its way to host memory.
+    - ``generation`` (colocated): resident state beside vLLM's whole share. A push (wake the
+      weights, load bucket by bucket) stays below it.
     """
     world = len(plan.learners)
-    state_bytes = 16 if cfg.model.dtype == DType.float32 else 8
-    out = {"learner_state": shape.num_params * state_bytes / world / GiB}
+    master_bytes = 4 if cfg.model.dtype == DType.float32 else 2
+    reference = shape.num_params * master_bytes / world / GiB if cfg.algorithm.kl.enabled else 0.0
+    weights = shape.num_params * master_bytes / world / GiB
+    out = {"learner_weights": weights + reference,
+           "learner_state": 4 * weights + reference}
+    # between updates the gradients are freed (zero_grad(set_to_none=True)): weights and moments stay
+    resident = 3 * weights + reference
+    activations = logits = 0.0
     if shape.hidden_size:
         tokens = cfg.learner.micro_batch_sequences * cfg.rollout.max_model_len
         # the 34h rule counts 2-byte values
@@ -146,23 +168,24 @@ def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) 
         checkpointing = cfg.learner.gradient_checkpointing
         per_layer = scale * (2 if checkpointing else 34) * shape.hidden_size * tokens
         working = scale * 34 * shape.hidden_size * tokens if checkpointing else 0
-        out["learner_activations"] = (per_layer * shape.num_layers + working) / GiB
+        activations = out["learner_activations"] = (per_layer * shape.num_layers + working) / GiB
         # whole: every position's logits at once; chunked: one chunk's (learner.logits_chunk_tokens)
         logit_rows = min(tokens, cfg.learner.logits_chunk_tokens) if cfg.learner.logits_chunk_tokens > 0 else tokens
-        out["learner_logits"] = 3 * 4 * shape.vocab_size * logit_rows / GiB
+        logits = out["learner_logits"] = 3 * 4 * shape.vocab_size * logit_rows / GiB
+    out["sync_bucket"] = cfg.learner.sync_bucket_mb * 2**20 / GiB
     out["vllm_weights"] = shape.num_params * 2 / cfg.rollout.tensor_parallel_size / GiB
     out["vllm_total"] = cfg.rollout.gpu_memory_utilization * cfg.trainer.gpu_memory_gib
-    learner_peak = out["learner_state"] + out.get("learner_activations", 0.0) + out.get("learner_logits", 0.0)
+    out["peak_init"] = out["learner_weights"]
+    out["peak_update"] = out["learner_state"] + activations + logits
+    out["peak_save"] = resident + out["sync_bucket"]
+    phases = ["peak_init", "peak_update", "peak_save"]
     if plan.mode == "colocated":
-        # training: vLLM asleep (level 1 keeps nothing on the GPU but a small pool); generation: the
-        # learner's sharded state stays resident beside vLLM's whole share
-        out["peak_training"] = learner_peak
-        out["peak_generation"] = out["learner_state"] + out["vllm_total"]
-        out["peak"] = max(out["peak_training"], out["peak_generation"])
+        out["peak_generation"] = resident + out["vllm_total"]
+        phases.append("peak_generation")
     else:
-        out["peak_learner_gpu"] = learner_peak
         out["peak_vllm_gpu"] = out["vllm_total"]
-        out["peak"] = max(learner_peak, out["vllm_total"])
+        phases.append("peak_vllm_gpu")
+    out["peak"] = max(out[p] for p in phases)
     return out
 
 
@@ -188,7 +211,10 @@ def describe(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape | None) -> s
     else:
         mem = estimate_memory_gib(cfg, plan, shape)
         lines.append(f"  model: {shape.num_params / 1e9:.2f}B parameters")
-        lines.append("  memory per GPU (GiB, estimate): " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
+        parts = [k for k in mem if not k.startswith("peak")]
+        lines.append("  memory per GPU (GiB, estimate): " + ", ".join(f"{k} {mem[k]:.1f}" for k in parts))
+        lines.append("  peaks per GPU (GiB): " + ", ".join(f"{k.removeprefix('peak_')} {mem[k]:.1f}"
+                                                          for k in mem if k.startswith("peak_")))
         if "learner_activations" not in mem:
             lines.append("    (activations not estimated: the model's config is not readable here)")
         if plan.mode != "cpu" and mem["peak"] > cfg.trainer.gpu_memory_gib:
@@ -249,8 +275,12 @@ class Workers:
             remove_placement_group(pg)
 
 
-def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0) -> Workers:
-    """Reserve the plan's resources with Ray placement groups, then start every actor in its bundle.
+def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0,
+                  shared_fs_marker: str | None = None) -> Workers:
+    """Reserve the plan's resources with Ray placement groups, then start every actor in its bundle:
+    on GPUs the vLLM engines first (colocated: then asleep), the learner ranks after them. Each
+    learner rank checks that it sees ``shared_fs_marker`` (a file the driver wrote into
+    ``trainer.output_dir``) before anything else.
 
     CPU runs: one group, a bundle per actor. GPU runs: a group per node (``STRICT_PACK``), one
     bundle per GPU; a learner rank takes (a share of) its GPU's bundle; an engine actor holds no GPU
@@ -288,21 +318,30 @@ def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0)
         group, bundle = bundle_of[(slot.role, slot.index)]
         return PlacementGroupSchedulingStrategy(groups[group], bundle, placement_group_capture_child_tasks=capture)
 
-    # rank 0's node hosts the process group's rendezvous; ask that node for its address and a free port
-    master_addr, port = ray.get(ray.remote(num_cpus=0)(_node_address).options(
-        scheduling_strategy=at(plan.learners[0])).remote())
     colocated = plan.mode == "colocated"
-    learner_gpus = 0 if plan.mode == "cpu" else 0.5 if colocated else 1  # colocated: shared with vLLM
-    learners = [ray.remote(num_cpus=s.cpus, num_gpus=learner_gpus)(Learner).options(scheduling_strategy=at(s)).remote(
-        cfg.model, cfg.optim, cfg.algorithm, cfg.learner, rank=s.index, world_size=len(plan.learners),
-        master_addr=master_addr, master_port=port, seed=cfg.trainer.seed) for s in plan.learners]
     engines = []
     for s in plan.engines:
         gpu_args = () if plan.mode == "cpu" else (colocated, [g % plan.gpus_per_node for g in s.gpus])
         engines.append(ray.remote(num_cpus=s.cpus, num_gpus=0)(RolloutWorker).options(
             scheduling_strategy=at(s, capture=plan.mode != "cpu")).remote(
             cfg.model.path, cfg.rollout, cfg.trainer.seed + s.index, *gpu_args))
-    return Workers(LearnerGroup(learners), RolloutGroup(engines), groups)
+    rollouts = RolloutGroup(engines)
+    if plan.mode != "cpu":
+        # vLLM needs total x gpu_memory_utilization free on its GPUs when it starts (it sizes its KV
+        # cache then): the engines start, and colocated ones fall asleep, before any learner allocates.
+        # On CPU nothing is contended and both start side by side.
+        ray.get([e.ready.remote() for e in engines])
+        if colocated:
+            rollouts.sleep(cfg.rollout.sleep_level)
+    # rank 0's node hosts the process group's rendezvous; ask that node for its address and a free port
+    master_addr, port = ray.get(ray.remote(num_cpus=0)(_node_address).options(
+        scheduling_strategy=at(plan.learners[0])).remote())
+    learner_gpus = 0 if plan.mode == "cpu" else 0.5 if colocated else 1  # colocated: shared with vLLM
+    learners = [ray.remote(num_cpus=s.cpus, num_gpus=learner_gpus)(Learner).options(scheduling_strategy=at(s)).remote(
+        cfg.model, cfg.optim, cfg.algorithm, cfg.learner, rank=s.index, world_size=len(plan.learners),
+        master_addr=master_addr, master_port=port, seed=cfg.trainer.seed, shared_fs_marker=shared_fs_marker)
+        for s in plan.learners]
+    return Workers(LearnerGroup(learners), rollouts, groups)
 
 
 def free_port() -> int:

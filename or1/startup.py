@@ -4,7 +4,8 @@
 any actor:
 
 1. configuration consistency (``or1.config.validate_config``) and the placement plan (unknown keys
-   and bad choices are refused earlier, when Hydra composes the config: ``or1.train``);
+   and bad choices are refused earlier, when Hydra composes the config: ``or1.train``); paths made
+   absolute on the driver; the installed vLLM and Ray against the tested versions (a warning);
 2. the tiny recipe's data, written if missing (inside ``trainer.output_dir`` only);
 3. data files: they exist and parse, every row has its prompt (errors name file and line);
 4. ``model.path``: a local model directory, or a hub name that is cached or on the hub (a
@@ -17,8 +18,9 @@ any actor:
 7. Ray: an explicit ``trainer.ray_address`` answers (Ray itself would wait forever).
 
 ``build(cfg)`` then connects Ray and checks the cluster's resources, creates the tiny model if
-the recipe asks for it (minutes), tokenizes the prompts, starts the actors and returns a ready
-``Trainer``.
+the recipe asks for it (minutes), tokenizes the prompts, writes the shared-filesystem marker every
+learner rank must see, starts the actors (on GPUs vLLM first, see ``or1.placement.start_workers``)
+and returns a ready ``Trainer``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def preflight(cfg: OR1Config, reward_pool=None) -> Preflight:
     the reward manager starts its own."""
     t0 = time.time()
     validate_config(cfg)
+    make_paths_absolute(cfg)
+    check_stack_versions()
     try:
         plan = plan_placement(cfg)
     except ValueError as exc:
@@ -118,8 +122,10 @@ def build(cfg: OR1Config) -> Trainer:
                                              d.apply_chat_template)
         val_data = (PromptDataset.from_rows(checked.val_rows, tokenizer, d.prompt_key, d.max_prompt_length,
                                             d.apply_chat_template) if checked.val_rows else None)
+        marker = write_shared_fs_marker(cfg.trainer.output_dir)
+        on_close.append(lambda: marker.unlink(missing_ok=True))
         t0 = time.time()
-        workers = start_workers(cfg, checked.plan)
+        workers = start_workers(cfg, checked.plan, shared_fs_marker=str(marker))
         on_close.insert(0, workers.remove)
         checked.rewards.start_reward_models()
         ray.get([a.ready.remote() for a in workers.rollouts.actors]
@@ -173,6 +179,60 @@ def create_tiny_model(cfg: OR1Config) -> None:
            warmup_steps=t.warmup_steps, warmup_rows=train, warmup_lr=t.warmup_lr, label_noise=t.label_noise)
 
 
+def _looks_like_hub_id(path: str) -> bool:
+    return path.count("/") == 1 and not path.startswith(("/", ".", "~")) and not path.endswith("/")
+
+
+def make_paths_absolute(cfg: OR1Config) -> None:
+    """Resolve ``trainer.output_dir``, ``trainer.init_from``, a ``trainer.resume`` path and a local
+    ``model.path`` on the driver: a relative path would resolve against each node's own Ray working
+    directory, so ranks on other nodes would write their shards elsewhere."""
+    t = cfg.trainer
+    t.output_dir = os.path.abspath(t.output_dir)
+    if t.init_from:
+        t.init_from = os.path.abspath(t.init_from)
+    if t.resume not in ("auto", "off"):
+        t.resume = os.path.abspath(t.resume)
+    if Path(cfg.model.path).exists() or not _looks_like_hub_id(cfg.model.path):
+        cfg.model.path = os.path.abspath(os.path.expanduser(cfg.model.path))
+
+
+# The versions or1 is tested against: it calls vLLM internals (the layerwise reload_weights, sleep
+# tags, the Ray executor's environment variables) that change between minor releases.
+TESTED_VERSIONS = {"vllm": "0.32.0", "ray": "2.60.0"}
+
+
+def check_stack_versions() -> list[str]:
+    """Warn (once, at start-up) when an installed vLLM or Ray is not the tested version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    warnings = []
+    for package, tested in TESTED_VERSIONS.items():
+        installed = None
+        for distribution in (package, f"{package}-cpu"):
+            try:
+                installed = version(distribution)
+                break
+            except PackageNotFoundError:
+                continue
+        if installed is not None and installed.split("+")[0] != tested:
+            warnings.append(f"{package} {installed} is installed; or1 is tested with {package}=={tested} (it uses "
+                            f"{package} internals that change between releases): install {package}=={tested}")
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
+
+
+def write_shared_fs_marker(output_dir: str) -> Path:
+    """A fresh file in ``output_dir`` that every learner rank must see (``Learner`` checks it first)."""
+    import uuid
+
+    marker = Path(output_dir) / f".or1-shared-fs-{uuid.uuid4().hex[:12]}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by the or1 driver; every learner rank must see this file\n")
+    return marker
+
+
 def check_model_path(cfg: OR1Config) -> None:
     """``model.path`` is a local Hugging Face model directory, or an ``org/name`` hub id that is in the
     local cache or known to the hub. Raises ``StartupError`` naming the path otherwise."""
@@ -182,9 +242,8 @@ def check_model_path(cfg: OR1Config) -> None:
         if not (local / "config.json").is_file():
             raise StartupError(f"model.path={path!r} is not a Hugging Face model directory (it has no config.json)")
         return
-    hub_like = path.count("/") == 1 and not path.startswith(("/", ".", "~")) and not path.endswith("/")
     where = "" if local.is_absolute() else f" (relative to {Path.cwd()})"
-    if not hub_like:
+    if not _looks_like_hub_id(path):
         hint = (" The tiny bootstrap (tiny.enabled) creates its model only inside trainer.output_dir="
                 f"{cfg.trainer.output_dir!r}." if cfg.tiny.enabled else "")
         raise StartupError(f"model.path={path!r} does not exist{where}.{hint}")

@@ -113,6 +113,8 @@ class Trainer:
         self.failed_reward_steps = 0  # consecutive steps in which every reward failed
         self.checkpoints = CheckpointDirs(self.output_dir)
         resumed = self.resume(resume_from)
+        if not resumed and self.rollouts.asleep:
+            self.sync_weights()  # engines started asleep (colocated; level 2 dropped their weights)
         run_config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
         self.logger = logger or MetricsLogger(
             self.output_dir, list(cfg.trainer.loggers), run_config, cfg.trainer.wandb_mode, cfg.trainer.project,

@@ -37,6 +37,8 @@ def test_dry_run_prints_the_placement_plan_without_starting_anything(tmp_path):
     assert "learner (fsdp, 64 ranks): GPUs 0..63" in out
     assert "32 engines, tensor_parallel_size 2" in out and "engine 0 on node 0 GPUs [0, 1]" in out
     assert "32.80B parameters" in out and "learner_state 7.6" in out  # 32.8e9 x 16 B / 64 ranks
+    # init holds only the rank's float32 shard (32.8e9 x 4 B / 64), not the whole model (122 GiB)
+    assert "peaks per GPU (GiB): init 1.9, update 7.6, save 6.7, generation 53.7" in out
 
 
 def test_unknown_recipe_and_renamed_keys_are_refused_before_hydra_starts(tmp_path):

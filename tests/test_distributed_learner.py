@@ -78,6 +78,10 @@ def single_rank(ray_local, tiny_model, batch):
 def test_two_ranks_reproduce_one(ray_local, tiny_model, batch, single_rank, backend, tmp_path):
     ref_logp, ref_metrics, ref_weights = single_rank
     group = start_group(ray_local, tiny_model, backend, 2)
+    # each rank read only its shard (FSDP2) / partition (ZeRO-3) of the checkpoint: together, bit for bit
+    initial = _initial_weights(tiny_model)
+    loaded = _get(group.actors[0].full_parameters.remote(), group)
+    assert sorted(loaded) == sorted(initial) and all(torch.equal(loaded[n], initial[n]) for n in initial)
     logp, metrics, weights = one_step(group, batch)
     mask = batch["response_mask"].bool()
     assert (logp - ref_logp)[mask].abs().max() < 1e-5
@@ -88,9 +92,16 @@ def test_two_ranks_reproduce_one(ray_local, tiny_model, batch, single_rank, back
     # whose gradient is ~1e-8 (Adam's eps) amplify summation-order noise: measured up to 2e-6.
     for name, value in ref_weights.items():
         assert torch.allclose(weights[name], value, atol=1e-5), name
-    moved = max((ref_weights[n] - w).abs().max().item() for n, w in
-                _initial_weights(tiny_model).items())
+    moved = max((ref_weights[n] - w).abs().max().item() for n, w in initial.items())
     assert moved > 1e-4, "the step did not change the weights; the comparison proves nothing"
+
+    # the final export streams bucket by bucket (learner.sync_bucket_mb) from the shards: bit for bit
+    import ray
+
+    ray.get([a.save_hf.remote(str(tmp_path / "final"), str(tiny_model), 1e-4) for a in group.actors])
+    final = _initial_weights(tmp_path / "final")
+    assert len(list((tmp_path / "final").glob("model-*-of-*.safetensors"))) > 1  # written shard by shard
+    assert sorted(final) == sorted(weights) and all(torch.equal(final[n], weights[n]) for n in weights)
 
     group.save_checkpoint(str(tmp_path))
     # python -m or1.export reads either backend's sharded checkpoint in one process, bit for bit

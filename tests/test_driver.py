@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from or1.trainer import RewardFailure
+from or1.trainer import Components, RewardFailure, Trainer
 
-from .fakes import (FILLER, RIGHT, WRONG, ExactRewards, Outcome, by_prompt, config, make_trainer, mixed,
-                    rows_of)
+from .fakes import (FILLER, RIGHT, WRONG, CharTokenizer, ExactRewards, Outcome, RecordingLearners, ScriptedRollouts,
+                    by_prompt, config, dataset, make_trainer, mixed, rows_of)
 
 
 def kept_prompts(learners) -> list[int]:
@@ -145,7 +145,19 @@ def test_phase_times_are_measured_for_every_phase(tmp_path):
         assert m[f"time/{phase}"] >= 0.0, phase
     assert m["time/step"] >= m["time/generate"] + m["time/update"]
     # colocated: vLLM sleeps before the learners work and wakes, weights first, for the push
-    assert trainer.rollouts.events == ["sleep1", "wake:weights", "push", "wake:kv_cache"]
+    assert trainer.rollouts.events == ["sleep2", "wake:weights", "push", "wake:kv_cache"]
+
+
+def test_engines_that_start_asleep_get_the_policy_before_the_first_generation(tmp_path):
+    """Colocated on GPUs the engines fall asleep before the learners allocate (sleep level 2 drops
+    their weights): the driver pushes the learners' policy into them before anything else."""
+    rollouts = ScriptedRollouts(mixed)
+    rollouts.sleep(2)
+    parts = Components(RecordingLearners(), rollouts, ExactRewards(), CharTokenizer(), dataset(4), sleep_rollouts=True)
+    trainer = Trainer(config(tmp_path), parts)
+    assert rollouts.events == ["sleep2", "wake:weights", "push", "wake:kv_cache"] and not rollouts.asleep
+    trainer.train_step()
+    assert rollouts.calls  # generated awake, after the push
 
 
 # --- item 11: a reward that always fails stops the run -----------------------------------------

@@ -74,12 +74,22 @@ def test_memory_estimate_by_hand():
     plan = plan_placement(cfg)
     shape = ModelShape(num_params=8 * 2**30, hidden_size=1024, num_layers=10, vocab_size=1000)
     mem = estimate_memory_gib(cfg, plan, shape)
+    assert mem["learner_weights"] == pytest.approx(4.0)  # 8 Gi float32 params / 8 ranks
     assert mem["learner_state"] == pytest.approx(16.0)  # 8 Gi params x 16 bytes / 8 ranks
     tokens = 2 * 1024
-    assert mem["learner_activations"] == pytest.approx(34 * 1024 * tokens * 10 / 2**30)
-    assert mem["learner_logits"] == pytest.approx(12 * 1000 * tokens / 2**30)  # float32 logits, softmax, grad
+    activations = 34 * 1024 * tokens * 10 / 2**30
+    logits = 12 * 1000 * tokens / 2**30  # float32 logits, softmax, grad
+    assert mem["learner_activations"] == pytest.approx(activations)
+    assert mem["learner_logits"] == pytest.approx(logits)
     assert mem["vllm_total"] == 40.0 and mem["vllm_weights"] == pytest.approx(16.0)
-    assert mem["peak_generation"] == pytest.approx(56.0) and mem["peak"] == pytest.approx(56.0)
+    # init: only this rank's shard of the weights (the whole float32 model would be 32 GiB)
+    assert mem["peak_init"] == pytest.approx(4.0)
+    assert mem["peak_update"] == pytest.approx(16.0 + activations + logits)
+    # save: weights and moments (gradients freed) + one 512 MiB bucket
+    assert mem["peak_save"] == pytest.approx(12.0 + 0.5)
+    assert mem["peak_generation"] == pytest.approx(52.0) and mem["peak"] == pytest.approx(52.0)
+    cfg.algorithm.kl.enabled = True  # the frozen reference model: one more sharded copy of the weights
+    assert estimate_memory_gib(cfg, plan, shape)["peak_init"] == pytest.approx(8.0)
     cfg.learner.logits_chunk_tokens = 256
     assert estimate_memory_gib(cfg, plan, shape)["learner_logits"] == pytest.approx(12 * 1000 * 256 / 2**30)
 

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from or1.config import register_configs
+from or1.config import ModelConfig, register_configs
 from or1.data.dataset import DataError
 from or1.rewards.loader import RewardConfigError
 from or1.rewards.manager import LocalSandbox, RewardManager
@@ -247,3 +247,49 @@ def test_a_compatible_checkpoint_logs_what_changed(tmp_path, tiny_model, caplog)
     checked.rewards.close()
     assert checked.resume_from == ckpt
     assert "resume: optim.lr changed from 1e-06 to 0.5" in caplog.text
+
+
+def test_a_learner_rank_that_cannot_see_the_output_dir_refuses_to_start(tmp_path, monkeypatch):
+    """Multi-node runs need trainer.output_dir on a shared filesystem: each rank writes its own shards."""
+    import torch.distributed
+
+    from or1.startup import write_shared_fs_marker
+    from or1.workers.learner import Learner, check_shared_filesystem
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the rank joined the process group before checking the shared filesystem")
+    monkeypatch.setattr(torch.distributed, "init_process_group", too_late)
+
+    marker = write_shared_fs_marker(str(tmp_path / "run"))
+    check_shared_filesystem(str(marker), rank=0)  # the driver's own node sees it
+    elsewhere = str(tmp_path / "not-shared" / marker.name)  # what a node with its own local disk would see
+    with pytest.raises(RuntimeError, match=r"learner rank 3 on .* cannot see .*every node must share"):
+        Learner(ModelConfig(path="/never/loaded"), rank=3, shared_fs_marker=elsewhere)
+
+
+def test_relative_paths_are_resolved_on_the_driver(tmp_path, monkeypatch):
+    from or1.startup import make_paths_absolute
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "local").mkdir(parents=True)  # exists: a local directory, not a hub name
+    cfg = base_config(tmp_path, **{"trainer.output_dir": "outputs/run", "trainer.init_from": "outputs/stage1",
+                                   "model.path": "models/local", "trainer.resume": "auto"})
+    make_paths_absolute(cfg)
+    assert cfg.trainer.output_dir == str(tmp_path / "outputs/run")
+    assert cfg.trainer.init_from == str(tmp_path / "outputs/stage1")
+    assert cfg.model.path == str(tmp_path / "models/local") and cfg.trainer.resume == "auto"
+    hub = base_config(tmp_path, **{"model.path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"})
+    make_paths_absolute(hub)
+    assert hub.model.path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"  # a hub name stays a hub name
+
+
+def test_an_untested_vllm_is_warned_about(monkeypatch, caplog):
+    import importlib.metadata
+
+    from or1.startup import check_stack_versions
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda d: "0.33.1" if d == "vllm" else real(d))
+    with caplog.at_level("WARNING", logger="or1"):
+        warnings = check_stack_versions()
+    assert any("vllm 0.33.1 is installed; or1 is tested with vllm==0.32.0" in w for w in warnings)

@@ -18,8 +18,8 @@ import re
 
 import torch
 
-from or1.algo.losses import TokenStatsHead
 from or1.config import DType, LearnerBackend, LearnerConfig, ModelConfig, OptimConfig
+from or1.workers.model_init import build_fsdp_model, build_zero3_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,17 +37,16 @@ def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int):
         optimizer, lambda k: min(1.0, (k + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
 
 
-def load_hf_model(model_cfg: ModelConfig, gradient_checkpointing: bool, logits_chunk_tokens: int = 0):
+def load_hf_model(model_cfg: ModelConfig, learner_cfg: LearnerConfig, trainable: bool):
+    """The whole model in this process (DeepSpeed ZeRO stages 0-2 replicate the parameters on every
+    rank anyway); sharded backends build theirs with ``or1.workers.model_init`` instead."""
     from transformers import AutoModelForCausalLM
+
+    from or1.workers.model_init import adapt_for_training
 
     model = AutoModelForCausalLM.from_pretrained(model_cfg.path, dtype=torch_dtype(model_cfg.dtype),
                                                  trust_remote_code=model_cfg.trust_remote_code)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if logits_chunk_tokens > 0:
-        # before sharding: the head keeps the same Parameter, so names, tying and shards are unchanged
-        model.lm_head = TokenStatsHead(model.lm_head, logits_chunk_tokens)
-    return model
+    return adapt_for_training(model, learner_cfg, trainable)
 
 
 class FSDP2Backend:
@@ -63,13 +62,15 @@ class FSDP2Backend:
         # parameters are cast to the compute dtype for forward/backward; gradients reduce in the master dtype
         mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch_dtype(model_cfg.dtype))
 
-        def load_sharded(trainable: bool):
-            model = load_hf_model(model_cfg, trainable and learner_cfg.gradient_checkpointing,
-                                  learner_cfg.logits_chunk_tokens).to(device)
+        def shard(model):
             for layer in model.model.layers:
                 fully_shard(layer, mesh=mesh, mp_policy=mp)
             fully_shard(model, mesh=mesh, mp_policy=mp)
-            return model
+
+        def load_sharded(trainable: bool):
+            # built on the meta device, sharded, then each rank reads only its shards: no process
+            # ever holds the whole model (or1/workers/model_init.py)
+            return build_fsdp_model(model_cfg, learner_cfg, device, shard, trainable)
 
         self.model = load_sharded(trainable=True)
         self.ref_model = None
@@ -142,13 +143,20 @@ class DeepSpeedBackend:
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
         self.config = deepspeed_config(optim_cfg, learner_cfg)
         self._hf_ds_config = None
-        if learner_cfg.zero_stage == 3:
+        zero3 = learner_cfg.zero_stage == 3
+        if zero3:
             from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
-            # While this object lives, from_pretrained builds the model already partitioned
-            # (zero.Init): no rank ever holds the full model.
+            # While this object lives, transformers builds models under zero.Init: every parameter is
+            # partitioned as it is created, and each rank then reads only its partition of the weights.
             self._hf_ds_config = HfDeepSpeedConfig(self.config)
-        model = load_hf_model(model_cfg, learner_cfg.gradient_checkpointing, learner_cfg.logits_chunk_tokens)
+
+        def load(trainable: bool):
+            if zero3:
+                return build_zero3_model(model_cfg, learner_cfg, trainable)
+            return load_hf_model(model_cfg, learner_cfg, trainable)
+
+        model = load(trainable=True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
                                       weight_decay=optim_cfg.weight_decay)
         self.scheduler = warmup_scheduler(optimizer, optim_cfg.lr_warmup_steps)
@@ -159,7 +167,7 @@ class DeepSpeedBackend:
         self.ref_model = None
         if with_reference:
             ref_config = {k: v for k, v in self.config.items() if k != "gradient_clipping"}
-            ref = load_hf_model(model_cfg, False, learner_cfg.logits_chunk_tokens).eval().requires_grad_(False)
+            ref = load(trainable=False).eval().requires_grad_(False)
             self.ref_model = deepspeed.initialize(model=ref, config=ref_config, dist_init_required=False)[0]
 
     def zero_grad(self) -> None:

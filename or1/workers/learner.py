@@ -32,7 +32,9 @@ class Learner:
     def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig | None = None,
                  algo_cfg: AlgorithmConfig | None = None, learner_cfg: LearnerConfig | None = None,
                  rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500,
-                 seed: int = 0):
+                 seed: int = 0, shared_fs_marker: str | None = None):
+        if shared_fs_marker is not None:
+            check_shared_filesystem(shared_fs_marker, rank)
         self.model_cfg = model_cfg
         self.optim = optim_cfg or OptimConfig()
         self.learner_cfg = learner_cfg or LearnerConfig()
@@ -55,6 +57,7 @@ class Learner:
                                     self.device, world_size, with_reference=self.algo.kl.enabled)
         self.model, self.ref_model = self.backend.model, self.backend.ref_model
         self._packer = WeightPacker()  # reuses its (pinned, on GPUs) staging buffer for every push
+        release_cached_memory()
 
     def has_reference_model(self) -> bool:
         return self.ref_model is not None
@@ -149,6 +152,8 @@ class Learner:
                 sums["approx_kl"] += agg(torch.exp(log_ratio) - 1 - log_ratio, mask).item()
         lr_used = self.backend.lr()
         grad_norm = self.backend.step(self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf"))
+        # gradients freed now, not at the next update: colocated, vLLM generates in that memory
+        self.backend.zero_grad()
         if not use_kl:
             del sums["kl_loss"]
         metrics = {f"actor/{k}": v for k, v in sums.items()}
@@ -157,6 +162,7 @@ class Learner:
         metrics["actor/num_tokens"] = float(num_tokens)
         metrics["actor/skipped_update"] = 0.0
         metrics["time/learner_update"] = time.time() - t0
+        release_cached_memory()
         return metrics
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -200,24 +206,65 @@ class Learner:
         calls it; rank 0 returns the buffer, the others None (one copy enters Ray's object store)."""
         full = self.backend.gather(names)
         if self.rank != 0:
+            del full
+            release_cached_memory()
             return None
         cast = torch_dtype(dtype)
-        return self._packer.pack({n: t.to(cast) for n, t in full.items()})
+        packed = self._packer.pack({n: t.to(cast) for n, t in full.items()})
+        del full
+        release_cached_memory()
+        return packed
 
     def full_parameters(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """Unsharded parameters by Hugging Face name (tied weights once), on CPU.
+        """Unsharded parameters by Hugging Face name (tied weights once), on CPU: the whole model in
+        every rank's memory, for tests and debugging only (``save_hf`` streams instead).
 
         Every rank must call this (gathering is a collective); all ranks get the full tensors.
         """
         full = self.backend.gather([n for n, _ in self.backend.parameter_shapes()])
         return {n: (t.to(dtype) if dtype is not None else t).cpu() for n, t in full.items()}
 
-    def save_hf(self, out_dir: str, tokenizer_path: str | None = None) -> str:
-        """Write the policy as a Hugging Face model directory (loadable by transformers and vLLM).
-        A collective (the weights are gathered); rank 0 writes."""
-        from or1.export import write_hf_dir
+    def save_hf(self, out_dir: str, tokenizer_path: str | None = None, max_shard_gib: float = 5.0) -> str:
+        """Write the policy as a Hugging Face model directory (loadable by transformers and vLLM), in
+        ``model.dtype``. A collective: the weights are gathered one sync bucket (whole decoder layers,
+        ``learner.sync_bucket_mb``) at a time, moved to host memory and written by rank 0 into
+        safetensors shards as they arrive; no rank ever holds more than one bucket of full tensors."""
+        from or1.workers.hf_io import ModelDirWriter
 
-        params = self.full_parameters()
+        dtype = torch_dtype(self.model_cfg.dtype)
+        buckets = self.weight_bucket_plan(str(self.model_cfg.dtype), self.learner_cfg.sync_bucket_mb)
+        writer = None
         if self.rank == 0:
-            write_hf_dir(self.backend.hf_model, params, out_dir, tokenizer_path)
+            shapes = dict(self.backend.parameter_shapes())
+            writer = ModelDirWriter(out_dir, [(n, shapes[n], dtype) for names in buckets for n in names],
+                                    int(max_shard_gib * 2**30))
+        for names in buckets:
+            full = self.backend.gather(names)
+            if writer is not None:
+                writer.add({n: t.to(device="cpu", dtype=dtype) for n, t in full.items()})
+            del full
+            release_cached_memory()
+        if writer is not None:
+            hf = self.backend.hf_model
+            writer.finish([hf.config, getattr(hf, "generation_config", None)], tokenizer_path)
         return out_dir
+
+
+def check_shared_filesystem(marker: str, rank: int) -> None:
+    """Every rank writes its own checkpoint shards under ``trainer.output_dir`` and reads them back on
+    resume, so every node must see the same directory: here, the file the driver just wrote there."""
+    if not os.path.exists(marker):
+        import socket
+
+        raise RuntimeError(
+            f"learner rank {rank} on {socket.gethostname()} cannot see {marker}, which the driver wrote into "
+            "trainer.output_dir: every node must share the filesystem holding trainer.output_dir (each rank "
+            "writes its checkpoint shards there and reads them back on resume). Mount it at the same path on "
+            "every node (NFS, Lustre, ...), or run on one node")
+
+
+def release_cached_memory() -> None:
+    """Give memory the allocator caches back to the device (colocated with vLLM, what the learner
+    keeps cached after init, an update or a push is memory vLLM's next wake-up cannot have)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
