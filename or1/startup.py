@@ -87,7 +87,7 @@ def preflight(cfg: OR1Config, reward_pool=None) -> Preflight:
     if resume_from is not None and not create_tiny_model:
         check_resume_compatible(resume_from, cfg)  # another model, backend or world size: refused now
     check_ray_address(cfg.trainer.ray_address)
-    rewards = RewardManager(cfg.reward, pool=reward_pool)
+    rewards = RewardManager(cfg.reward, pool=reward_pool, run_dir=cfg.trainer.output_dir)
     try:
         rows = train_rows.rows + (val_rows.rows if val_rows else [])
         where = train_rows.where + (val_rows.where if val_rows else [])

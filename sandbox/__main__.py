@@ -9,7 +9,7 @@ import sys
 
 from aiohttp import web
 
-from sandbox.runner import bwrap_available
+from sandbox.runner import bwrap_available, remove_service_dir, sweep_dead_services
 from sandbox.server import Service, make_app
 
 
@@ -21,10 +21,14 @@ def main() -> None:
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond that get 503")
     p.add_argument("--max-timeout-s", type=float, default=60.0)
     p.add_argument("--max-memory-mb", type=int, default=4096)
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="larger request bodies get 413")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="stop when this process is gone (a trainer that starts its own service passes its pid)")
     p.add_argument("--allow-weak-isolation", action="store_true",
                    help="run without bubblewrap when it cannot work here: rlimits, process groups, a "
                         "scrubbed environment and (as root) uid 65534 only; NO filesystem or network isolation")
     a = p.parse_args()
+    sys.set_int_max_str_digits(0)  # call-based results and expected values may be huge integers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sandbox %(levelname)s %(message)s")
     problem = bwrap_available()
     if problem and not a.allow_weak_isolation:
@@ -32,9 +36,15 @@ def main() -> None:
                  f"host with user namespaces, or pass --allow-weak-isolation to accept the weak mode.")
     if problem:
         logging.warning("WEAK ISOLATION: %s; programs can read the host filesystem and reach the network", problem)
+    swept = sweep_dead_services()
+    if swept:
+        logging.info("removed the leftover run directories of %d stopped service(s)", swept)
     service = Service(a.max_concurrency, a.max_queue, isolated=problem is None, max_timeout_s=a.max_timeout_s,
-                      max_memory_mb=a.max_memory_mb)
-    web.run_app(make_app(service), host=a.host, port=a.port, print=lambda *_: None)
+                      max_memory_mb=a.max_memory_mb, max_body_mb=a.max_body_mb)
+    try:
+        web.run_app(make_app(service, a.parent_pid), host=a.host, port=a.port, print=lambda *_: None)
+    finally:
+        remove_service_dir()  # this service's (now empty) run area
 
 
 if __name__ == "__main__":

@@ -35,11 +35,16 @@ def _tokens_match(a: str, b: str, float_tolerance: float) -> bool:
             return False
         if nx == ny:
             continue
-        if float_tolerance > 0 and math.isclose(float(nx), float(ny), rel_tol=float_tolerance,
-                                                abs_tol=float_tolerance):
+        if float_tolerance > 0 and _close(nx, ny, Decimal(repr(float_tolerance))):
             continue
         return False
     return True
+
+
+def _close(x: Decimal, y: Decimal, tolerance: Decimal) -> bool:
+    """``math.isclose(x, y, rel_tol=tolerance, abs_tol=tolerance)`` in exact decimal arithmetic, so
+    numbers beyond float range (``1e400`` vs ``9e400``) are not both infinity."""
+    return abs(x - y) <= max(tolerance * max(abs(x), abs(y)), tolerance)
 
 
 def outputs_match(got: str, expected: str, float_tolerance: float = 0.0) -> bool:
@@ -60,8 +65,28 @@ def normalise(value):
 
 
 def values_match(got, expected, float_tolerance: float = 0.0) -> bool:
-    got, expected = normalise(got), normalise(expected)
-    if float_tolerance > 0 and isinstance(got, (int, float)) and isinstance(expected, (int, float)) \
-            and not isinstance(got, bool):
-        return math.isclose(got, expected, rel_tol=float_tolerance, abs_tol=float_tolerance)
+    """Equal JSON values; with ``float_tolerance`` numbers match within it at any depth (inside lists
+    and dict values too). Booleans are never numbers here (``True`` does not match ``1``)."""
+    return _values_match(normalise(got), normalise(expected), float_tolerance)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _values_match(got, expected, tol: float) -> bool:
+    if _is_number(got) and _is_number(expected):
+        if got == expected:
+            return True
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (got, expected)):
+            return False  # infinities and NaN match only themselves (NaN not even that)
+        return tol > 0 and _close(Decimal(repr(got)) if isinstance(got, float) else Decimal(got),
+                                  Decimal(repr(expected)) if isinstance(expected, float) else Decimal(expected),
+                                  Decimal(repr(tol)))
+    if isinstance(got, bool) or isinstance(expected, bool):
+        return type(got) is type(expected) and got == expected
+    if isinstance(got, list) and isinstance(expected, list):
+        return len(got) == len(expected) and all(_values_match(g, e, tol) for g, e in zip(got, expected))
+    if isinstance(got, dict) and isinstance(expected, dict):
+        return got.keys() == expected.keys() and all(_values_match(got[k], expected[k], tol) for k in got)
     return got == expected

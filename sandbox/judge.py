@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 
 from sandbox.compare import outputs_match, values_match
-from sandbox.runner import Limits, RunResult, run_program
+from sandbox.runner import Limits, Program, RunResult
 
 RESULT_MARK = "\n@@OR1-SANDBOX-RESULT@@"
 # main.py of a call-based test; the candidate's code is solution.py beside it
 CALL_HARNESS = '''
 import json, sys
+if hasattr(sys, "set_int_max_str_digits"):
+    sys.set_int_max_str_digits(0)  # results may be integers of any size
 request = json.loads(sys.stdin.read())
 namespace = {"__name__": "solution"}
 exec(compile(open("solution.py").read(), "solution.py", "exec"), namespace)
@@ -61,24 +63,26 @@ async def judge(language: str, code: str, tests: dict, limits: Limits | None = N
     if fn_name and language != "python":
         raise ValueError("call-based tests (fn_name) are supported for python only")
     results = []
-    for raw_in, raw_out in zip(inputs, outputs):
-        if fn_name:
-            request = json.dumps({"fn": fn_name, "args": _call_args(raw_in)})
-            run: RunResult = await run_program("python", CALL_HARNESS, request, limits, isolated,
-                                               extra_files={"solution.py": code})
-            got, passed = None, False
-            if run.status == "ok" and RESULT_MARK in run.stdout:
-                program_out, _, payload = run.stdout.rpartition(RESULT_MARK)
-                got = json.loads(payload)
-                run.stdout = program_out
-                passed = values_match(got, _expected_value(raw_out), float_tolerance)
-            entry = {"got": _brief(json.dumps(got))} if got is not None else {}
-        else:
-            run = await run_program(language, code, str(raw_in), limits, isolated)
-            passed = run.status == "ok" and outputs_match(run.stdout, str(raw_out), float_tolerance)
-            entry = {"got": _brief(run.stdout)}
-        results.append({"status": run.status, "passed": passed, "exit_code": run.exit_code,
-                        "wall_s": run.wall_s, "stderr": _brief(run.stderr), **entry})
-        if early_stop and not passed:
-            break
+    # written (and compiled) once for all tests: a call-based test runs the harness around the code
+    program = (Program("python", CALL_HARNESS, limits, isolated, extra_files={"solution.py": code}) if fn_name
+               else Program(language, code, limits, isolated))
+    async with program:
+        for raw_in, raw_out in zip(inputs, outputs):
+            if fn_name:
+                run: RunResult = await program.run(json.dumps({"fn": fn_name, "args": _call_args(raw_in)}))
+                got, passed = None, False
+                if run.status == "ok" and RESULT_MARK in run.stdout:
+                    program_out, _, payload = run.stdout.rpartition(RESULT_MARK)
+                    got = json.loads(payload)
+                    run.stdout = program_out
+                    passed = values_match(got, _expected_value(raw_out), float_tolerance)
+                entry = {"got": _brief(json.dumps(got))} if got is not None else {}
+            else:
+                run = await program.run(str(raw_in))
+                passed = run.status == "ok" and outputs_match(run.stdout, str(raw_out), float_tolerance)
+                entry = {"got": _brief(run.stdout)}
+            results.append({"status": run.status, "passed": passed, "exit_code": run.exit_code,
+                            "wall_s": run.wall_s, "stderr": _brief(run.stderr), **entry})
+            if early_stop and not passed:
+                break
     return {"passed": sum(r["passed"] for r in results), "total": len(inputs), "results": results}

@@ -12,7 +12,8 @@ Layers (each one would stop most attacks alone; together they are the design):
 3. rlimits: CPU seconds, address space, processes/threads (per uid), file size, open files.
 4. Its own session / process group, SIGKILLed as a whole at the wall-clock deadline or when the
    output cap is exceeded; stdout and stderr are read with a cap.
-5. A fresh temporary working directory, removed afterwards.
+5. A fresh temporary working directory, removed afterwards (and, after a SIGKILLed service, by the
+   next service's start-up sweep: ``sweep_dead_services``).
 
 Without bubblewrap (or user namespaces) the service refuses to start unless told to run in the
 documented weak mode (``--allow-weak-isolation``: layers 2-5 only, no filesystem or network
@@ -29,7 +30,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from sandbox.languages import LANGUAGES, Language
 
@@ -37,7 +38,7 @@ NOBODY = 65534
 PR_SET_CHILD_SUBREAPER = 36
 _live_children: set[int] = set()  # direct children whose exit asyncio is still waiting for
 _subreaper = False
-STATUSES = ("ok", "runtime_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
+STATUSES = ("ok", "compile_error", "runtime_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
 
 
 @dataclass
@@ -270,30 +271,114 @@ async def _supervise(proc: asyncio.subprocess.Process, stdin: str, limits: Limit
     return RunResult(status, stdout, stderr, code, round(wall, 4))
 
 
-async def run_program(language: str, code: str, stdin: str = "", limits: Limits | None = None,
-                      isolated: bool = True, extra_files: dict[str, str] | None = None) -> RunResult:
-    """Run ``code`` in ``language`` with ``stdin``; never raises for anything the program does."""
-    limits = limits or Limits()
-    lang: Language | None = LANGUAGES.get(language)
-    if lang is None:
-        return RunResult("sandbox_error", stderr=f"unknown language {language!r}; known: {sorted(LANGUAGES)}")
-    workdir = tempfile.mkdtemp(prefix="or1-sandbox-")
-    try:
-        files = {lang.source: code, **(extra_files or {})}
+class Program:
+    """One request's program, written and (for compiled languages) built once, then run any number
+    of times (one per test): ``async with Program(...) as program: await program.run(stdin)``.
+
+    Compilation runs under its own limits (``Language.compile_timeout_s`` / ``compile_memory_mb``),
+    whatever the request's; a failed or timed-out build is ``compile_error`` for every run.
+    """
+
+    def __init__(self, language: str, code: str, limits: Limits | None = None, isolated: bool = True,
+                 extra_files: dict[str, str] | None = None):
+        self.limits = limits or Limits()
+        self.lang: Language | None = LANGUAGES.get(language)
+        self.language, self.code, self.isolated, self.extra_files = language, code, isolated, extra_files or {}
+        self.failed: RunResult | None = None  # the result every run returns when the program cannot run
+        self.workdir: str | None = None
+
+    async def __aenter__(self) -> "Program":
+        if self.lang is None:
+            self.failed = RunResult("sandbox_error",
+                                    stderr=f"unknown language {self.language!r}; known: {sorted(LANGUAGES)}")
+            return self
+        self.workdir = new_run_dir()
+        files = {self.lang.source: self.code, **self.extra_files}
         for name, text in files.items():
-            with open(os.path.join(workdir, name), "w") as f:
+            with open(os.path.join(self.workdir, name), "w") as f:
                 f.write(text)
         if os.geteuid() == 0:
             for name in [*files, ""]:
-                os.chown(os.path.join(workdir, name), NOBODY, NOBODY)
-        prefix = _privilege_drop() + (_bwrap(workdir, limits) if isolated else [])
-        cwd = "/" if isolated else workdir
-        if lang.compile:
-            built = await _execute(prefix + list(lang.compile), "", limits, lang.compile_timeout_s, cwd)
+                os.chown(os.path.join(self.workdir, name), NOBODY, NOBODY)
+        self.prefix = _privilege_drop() + (_bwrap(self.workdir, self.limits) if self.isolated else [])
+        self.cwd = "/" if self.isolated else self.workdir
+        if self.lang.compile:
+            build_limits = replace(self.limits, memory_mb=self.lang.compile_memory_mb)
+            built = await _execute(self.prefix + list(self.lang.compile), "", build_limits,
+                                   self.lang.compile_timeout_s, self.cwd)
             if built.status != "ok":
-                built.status = "runtime_error" if built.status in ("ok", "runtime_error") else built.status
-                built.stderr = "compilation failed:\n" + built.stderr
-                return built
-        return await _execute(prefix + list(lang.run), stdin, limits, limits.timeout_s, cwd)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+                reason = (f"compilation timed out after {self.lang.compile_timeout_s:g} s"
+                          if built.status == "timeout" else "compilation failed")
+                self.failed = RunResult("compile_error", built.stdout, f"{reason}:\n{built.stderr}",
+                                        built.exit_code, built.wall_s)
+        return self
+
+    async def run(self, stdin: str = "") -> RunResult:
+        if self.failed is not None:
+            return replace(self.failed)
+        return await _execute(self.prefix + list(self.lang.run), stdin, self.limits, self.limits.timeout_s, self.cwd)
+
+    async def __aexit__(self, *exc) -> None:
+        if self.workdir is not None:
+            remove_run_dir(self.workdir)
+
+
+async def run_program(language: str, code: str, stdin: str = "", limits: Limits | None = None,
+                      isolated: bool = True, extra_files: dict[str, str] | None = None) -> RunResult:
+    """Run ``code`` in ``language`` with ``stdin``; never raises for anything the program does."""
+    async with Program(language, code, limits, isolated, extra_files) as program:
+        return await program.run(stdin)
+
+
+# --- run directories ------------------------------------------------------------------------------
+# Each service keeps its runs' working directories under RUNS_ROOT/svc-<pid>-<start time>, so a
+# service started after one that was SIGKILLed can tell the dead one's leftovers from the live
+# directories of another service on the same host, and remove them.
+RUNS_ROOT = os.path.join(tempfile.gettempdir(), "or1-sandbox-runs")
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _service_dir() -> str:
+    pid = os.getpid()
+    path = os.path.join(RUNS_ROOT, f"svc-{pid}-{_start_time(pid)}")
+    os.makedirs(path, mode=0o711, exist_ok=True)
+    return path
+
+
+def remove_service_dir() -> None:
+    pid = os.getpid()
+    remove_run_dir(os.path.join(RUNS_ROOT, f"svc-{pid}-{_start_time(pid)}"))
+
+
+def new_run_dir() -> str:
+    return tempfile.mkdtemp(prefix="run-", dir=_service_dir())
+
+
+def remove_run_dir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_dead_services() -> int:
+    """Remove the run directories of services that are no longer running (SIGKILLed ones leave
+    theirs behind); returns how many services' directories were removed."""
+    removed = 0
+    try:
+        entries = os.listdir(RUNS_ROOT)
+    except OSError:
+        return 0
+    for entry in entries:
+        parts = entry.split("-")
+        if len(parts) != 3 or parts[0] != "svc" or not parts[1].isdigit():
+            continue
+        if _start_time(int(parts[1])) == parts[2]:
+            continue  # that service is alive
+        remove_run_dir(os.path.join(RUNS_ROOT, entry))
+        removed += 1
+    return removed

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
+import signal
 
 from aiohttp import web
 
@@ -25,22 +28,21 @@ class BadRequest(ValueError):
 
 class Service:
     def __init__(self, max_concurrency: int = 2, max_queue: int = 256, isolated: bool = True,
-                 max_timeout_s: float = 60.0, max_memory_mb: int = 4096):
+                 max_timeout_s: float = 60.0, max_memory_mb: int = 4096, max_body_mb: float = 8.0):
         self.slots = asyncio.Semaphore(max_concurrency)
         self.max_concurrency, self.max_queue = max_concurrency, max_queue
         self.isolated = isolated
-        self.max_timeout_s, self.max_memory_mb = max_timeout_s, max_memory_mb
+        self.max_timeout_s, self.max_memory_mb, self.max_body_mb = max_timeout_s, max_memory_mb, max_body_mb
         self.running = self.waiting = 0
 
     def limits(self, body: dict) -> Limits:
-        try:
-            timeout_s = float(body.get("timeout_s", 10.0))
-            memory_mb = int(body.get("memory_mb", 512))
-        except (TypeError, ValueError) as exc:
-            raise BadRequest(f"timeout_s and memory_mb must be numbers: {exc}") from None
-        if timeout_s <= 0 or memory_mb <= 0:
-            raise BadRequest("timeout_s and memory_mb must be positive")
-        return Limits(timeout_s=min(timeout_s, self.max_timeout_s), memory_mb=min(memory_mb, self.max_memory_mb))
+        timeout_s, memory_mb = body.get("timeout_s", 10.0), body.get("memory_mb", 512)
+        for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise BadRequest(f"{name} must be a positive finite number, got {value!r}")
+        return Limits(timeout_s=min(float(timeout_s), self.max_timeout_s),
+                      memory_mb=min(int(memory_mb), self.max_memory_mb))
 
     async def admitted(self, work):
         if self.waiting >= self.max_queue:
@@ -62,19 +64,66 @@ class Service:
 async def _body(request: web.Request) -> dict:
     try:
         body = await request.json()
+    except web.HTTPException:
+        raise  # 413 past --max-body-mb
     except Exception:
         raise BadRequest("the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     language = body.get("language", "python")
-    if language not in LANGUAGES:
+    if not isinstance(language, str) or language not in LANGUAGES:
         raise BadRequest(f"unknown language {language!r}; known: {sorted(LANGUAGES)}")
-    if not isinstance(body.get("code"), str):
-        raise BadRequest("'code' (a string) is required")
+    _text(body, "code", required=True)
     return body
 
 
-def make_app(service: Service) -> web.Application:
+def _text(body: dict, field: str, required: bool = False) -> str:
+    """A string field; absent or null is "" unless required. Lone surrogates (not UTF-8) are refused."""
+    value = body.get(field)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"'{field}' must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"'{field}' is not valid text (UTF-8): {exc.reason} at position {exc.start}") from None
+    return value
+
+
+def _flag(body: dict, field: str, default: bool) -> bool:
+    value = body.get(field, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{field}' must be true or false, got {value!r}")
+    return value
+
+
+def _tests(body: dict) -> dict:
+    tests = body.get("tests")
+    if not isinstance(tests, dict) or not isinstance(tests.get("inputs"), list) \
+            or not isinstance(tests.get("outputs"), list):
+        raise BadRequest("'tests' must be {inputs: [...], outputs: [...], fn_name?} with two lists")
+    fn_name = tests.get("fn_name")
+    if fn_name is not None and not (isinstance(fn_name, str) and fn_name.isidentifier()):
+        raise BadRequest(f"'tests.fn_name' must be a function name, got {fn_name!r}")
+    if not fn_name:
+        for field in ("inputs", "outputs"):
+            bad = next((i for i, v in enumerate(tests[field]) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise BadRequest(f"stdin/stdout tests: tests.{field}[{bad}] must be a string, "
+                                 f"got {type(tests[field][bad]).__name__}")
+    return tests
+
+
+def _tolerance(body: dict) -> float:
+    value = body.get("float_tolerance", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise BadRequest(f"float_tolerance must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def make_app(service: Service, parent_pid: int | None = None) -> web.Application:
+    """The routes; with ``parent_pid`` the service stops when that process is gone (``--parent-pid``)."""
     routes = web.RouteTableDef()
 
     @routes.get("/health")
@@ -88,7 +137,7 @@ def make_app(service: Service) -> web.Application:
         try:
             body = await _body(request)
             limits = service.limits(body)
-            stdin = str(body.get("stdin", ""))
+            stdin = _text(body, "stdin")
         except BadRequest as exc:
             return web.json_response({"error": str(exc)}, status=400)
         result = await service.admitted(
@@ -100,15 +149,13 @@ def make_app(service: Service) -> web.Application:
         try:
             body = await _body(request)
             limits = service.limits(body)
-            tests = body.get("tests")
-            if not isinstance(tests, dict) or not isinstance(tests.get("inputs"), list):
-                raise BadRequest("'tests' must be {inputs: [...], outputs: [...], fn_name?}")
+            tests = _tests(body)
+            early_stop, tolerance = _flag(body, "early_stop", True), _tolerance(body)
         except BadRequest as exc:
             return web.json_response({"error": str(exc)}, status=400)
 
         async def work():
-            return await judge(body.get("language", "python"), body["code"], tests, limits,
-                               bool(body.get("early_stop", True)), float(body.get("float_tolerance", 0.0)),
+            return await judge(body.get("language", "python"), body["code"], tests, limits, early_stop, tolerance,
                                service.isolated)
         try:
             result = await service.admitted(work)
@@ -116,6 +163,16 @@ def make_app(service: Service) -> web.Application:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(result)
 
-    app = web.Application(client_max_size=32 * 1024 * 1024)
+    app = web.Application(client_max_size=int(service.max_body_mb * 2**20))  # larger: 413
     app.add_routes(routes)
+    if parent_pid:
+        async def watch_parent(app: web.Application) -> None:
+            async def watch() -> None:
+                # re-parented (to init or a subreaper) once the parent is gone, even by SIGKILL
+                while os.getppid() == parent_pid:
+                    await asyncio.sleep(0.5)
+                log.warning("parent process %d is gone: stopping", parent_pid)
+                os.kill(os.getpid(), signal.SIGTERM)  # aiohttp's graceful shutdown
+            app["parent_watch"] = asyncio.create_task(watch())
+        app.on_startup.append(watch_parent)
     return app

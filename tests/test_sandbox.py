@@ -199,7 +199,33 @@ def test_cpp_is_one_table_entry_away(service):
     code = "#include <iostream>\nint main(){long a,b; std::cin>>a>>b; std::cout<<a*b<<std::endl;}\n"
     assert run(service, code, "6 7", timeout_s=10, language="cpp")["stdout"] == "42\n"
     broken = run(service, "int main( {", language="cpp", timeout_s=10)
-    assert broken["status"] == "runtime_error" and "compilation failed" in broken["stderr"]
+    assert broken["status"] == "compile_error" and "compilation failed" in broken["stderr"]
+
+
+def test_cpp_is_compiled_once_per_judgement_under_its_own_limit(monkeypatch):
+    """Six tests at timeout_s=1: one build (with its own time limit, not the test's 1 s), six runs;
+    a broken program is a compile_error on its first test."""
+    import asyncio
+
+    from sandbox import runner
+    from sandbox.judge import judge
+
+    calls = []
+    real = runner._execute
+
+    async def counting(cmd, stdin, limits, timeout_s, cwd):
+        calls.append(("build" if "g++" in " ".join(cmd) else "run", timeout_s))
+        return await real(cmd, stdin, limits, timeout_s, cwd)
+    monkeypatch.setattr(runner, "_execute", counting)
+    code = "#include <iostream>\nint main(){long a; std::cin>>a; std::cout<<a+1<<std::endl;}\n"
+    tests = {"inputs": [f"{i}\n" for i in range(6)], "outputs": [f"{i + 1}\n" for i in range(6)]}
+    verdict = asyncio.run(judge("cpp", code, tests, runner.Limits(timeout_s=1)))
+    assert (verdict["passed"], verdict["total"]) == (6, 6), verdict
+    assert [kind for kind, _ in calls] == ["build"] + ["run"] * 6
+    assert calls[0][1] == runner.LANGUAGES["cpp"].compile_timeout_s and calls[1][1] == 1
+    calls.clear()
+    broken = asyncio.run(judge("cpp", "int main( {", tests, runner.Limits(timeout_s=1), early_stop=False))
+    assert [r["status"] for r in broken["results"]] == ["compile_error"] * 6 and calls == [("build", 30.0)]
 
 
 def test_judge_stdin_stdout_and_call_based(service):
@@ -228,6 +254,29 @@ def test_bad_requests_get_400_with_a_reason(service):
     assert status == 400 and "code" in body["error"]
     status, body = post(service, "/judge", {"code": "x", "tests": {"inputs": ["1"], "outputs": []}})
     assert status == 400 and "outputs" in body["error"]
+    # malformed fields: 400 with a reason, never a 500 or a judgement character by character
+    tests = {"inputs": ["1\n"], "outputs": ["1\n"]}
+    for bad, reason in [({"timeout_s": float("nan")}, "timeout_s must be a positive finite"),
+                        ({"language": ["python"]}, "unknown language"),
+                        ({"code": "print('\ud800')"}, "not valid text"),
+                        ({"tests": {"inputs": ["1"], "outputs": None}}, "two lists"),
+                        ({"tests": {"inputs": ["1"], "outputs": "1"}}, "two lists"),
+                        ({"tests": {"inputs": [1], "outputs": ["1"]}}, "tests.inputs[0] must be a string"),
+                        ({"early_stop": "false"}, "early_stop"),
+                        ({"float_tolerance": "1e-6"}, "float_tolerance")]:
+        status, body = post(service, "/judge", {"code": "print(input())", "tests": tests, **bad})
+        assert status == 400 and reason in body["error"], (bad, status, body)
+    assert post(service, "/run", {"code": "print(1)", "stdin": 5})[0] == 400
+    assert post(service, "/run", {"code": "import sys; print(repr(sys.stdin.read()))", "stdin": None})[1]["stdout"] \
+        == "''\n"  # null stdin is no input, not the text None
+    status, body = post(service, "/judge", {"code": "def f():\n    return 10 ** 5000\n", "tests": {
+        "fn_name": "f", "inputs": [[]], "outputs": ["1" + "0" * 5000]}})
+    assert status == 200 and body["passed"] == 1, body  # a 5000-digit result is a value, not an error
+    oversized = urllib.request.Request(service + "/run", data=json.dumps({"code": "x" * (8 * 2**20)}).encode(),
+                                       headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as too_large:
+        urllib.request.urlopen(oversized, timeout=30)
+    assert too_large.value.code == 413  # over --max-body-mb (8)
 
 
 def test_over_capacity_requests_wait_or_get_503(service):
@@ -245,6 +294,59 @@ def test_over_capacity_requests_wait_or_get_503(service):
     # 2 run at once and 4 may wait: at least those 6 finish; the rest are told to retry
     assert results.count(200) >= 6 and set(results) <= {200, 503} and 503 in results
     assert_service_healthy(service)
+
+
+def test_a_local_service_answers_past_its_pipe_buffer_and_dies_with_its_parent(tmp_path):
+    """The trainer's own service (LocalSandbox): 1,500 requests (each an access-log line; a pipe
+    nobody reads blocked the service at ~500), then its parent is SIGKILLed: the service stops."""
+    import signal
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from or1.rewards.manager import LocalSandbox\n"
+        f"s = LocalSandbox(1, log_path={str(tmp_path / 'sandbox.log')!r})\n"
+        "print(s.url, s.proc.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        url, pid = parent.stdout.readline().split()
+        for _ in range(1500):
+            assert get(url, "/health", timeout=5)["status"] == "ok"
+        assert (tmp_path / "sandbox.log").stat().st_size > 64 * 1024  # more than a pipe would have held
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.time() + 15
+        while time.time() < deadline and os.path.exists(f"/proc/{pid}") and \
+                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.2)
+        alive = os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        assert not alive, "the sandbox service outlived the trainer that started it"
+    finally:
+        parent.kill()
+
+
+def test_a_killed_services_run_directories_are_swept_at_the_next_start(tmp_path):
+    """A SIGKILLed service leaves its run directories; the next service removes them, and never
+    the directories of a service that is still running."""
+    from sandbox.runner import RUNS_ROOT
+
+    def run_area(proc, url) -> str:
+        assert post(url, "/run", {"code": "print('x')"})[0] == 200  # creates the service's run area
+        return os.path.join(RUNS_ROOT, next(p for p in os.listdir(RUNS_ROOT) if p.startswith(f"svc-{proc.pid}-")))
+
+    live, live_url = start_service()
+    killed, killed_url = start_service()
+    started = []
+    try:
+        live_area, dead_area = run_area(live, live_url), run_area(killed, killed_url)
+        os.makedirs(os.path.join(dead_area, "run-leftover", "deep"))  # what a SIGKILL mid-run leaves
+        killed.kill()
+        killed.wait(timeout=10)
+        started.append(start_service()[0])
+        assert not os.path.exists(dead_area) and os.path.isdir(live_area)
+    finally:
+        for proc in [live, killed, *started]:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def test_refuses_to_start_without_isolation_unless_told(tmp_path):

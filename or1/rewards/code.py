@@ -29,7 +29,7 @@ from or1.rewards.math import answer_text
 
 URL_ENV = "OR1_SANDBOX_URL"
 _FENCE = re.compile(r"```(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
-STATUSES = ("ok", "runtime_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
+STATUSES = ("ok", "compile_error", "runtime_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
 
 
 def extract_program(response: str) -> str | None:

@@ -73,35 +73,52 @@ class RewardScores:
 
 
 class LocalSandbox:
-    """``python -m sandbox`` on a free loopback port, for the length of a run."""
+    """``python -m sandbox`` on a free loopback port, for the length of a run.
 
-    def __init__(self, max_concurrency: int = 0, start_timeout_s: float = 30.0):
+    Its output goes to ``log_path`` (a file: a pipe that nobody reads fills after ~500 requests'
+    access-log lines and the service then blocks writing to it), and it stops by itself when this
+    process is gone (``--parent-pid``), so a SIGKILLed trainer leaves no service running.
+    """
+
+    def __init__(self, max_concurrency: int = 0, start_timeout_s: float = 30.0, log_path: str | None = None):
         import socket
         import subprocess
         import sys
+        import tempfile
         import time
         import urllib.request
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port),
+               "--parent-pid", str(os.getpid())]
         if max_concurrency:
             cmd += ["--max-concurrency", str(max_concurrency)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._own_log = log_path is None  # a temporary log is removed at stop; a run's log stays
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="or1-sandbox-", suffix=".log")
+            os.close(fd)
+        self.log_path = log_path
+        with open(log_path, "ab") as log_file:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.time() + start_timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the local sandbox service failed to start: {self.proc.stdout.read()[-2000:]}")
+                raise RuntimeError(f"the local sandbox service failed to start: {self._log_tail()}")
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=1).read()
-                log.info("sandbox service running at %s", self.url)
+                log.info("sandbox service running at %s (log: %s)", self.url, self.log_path)
                 return
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"the local sandbox service did not answer within {start_timeout_s}s")
+        raise RuntimeError(f"the local sandbox service did not answer within {start_timeout_s}s: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-2000:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -110,6 +127,11 @@ class LocalSandbox:
                 self.proc.wait(timeout=10)
             except Exception:
                 self.proc.kill()
+        if self._own_log:
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
 
 
 def term_name(term: RewardTerm) -> str:
@@ -124,7 +146,8 @@ def route_terms(route: RewardRoute | RewardConfig) -> list[RewardTerm]:
 
 
 class RewardManager:
-    def __init__(self, cfg: RewardConfig, pool: RewardPool | None = None):
+    def __init__(self, cfg: RewardConfig, pool: RewardPool | None = None, run_dir: str | None = None):
+        """``run_dir``: where a locally started sandbox service logs (``sandbox.log``)."""
         self.cfg = cfg
         self.default_terms = route_terms(cfg)
         self.routes = {source: route_terms(route) for source, route in cfg.routes.items()}
@@ -155,7 +178,11 @@ class RewardManager:
         self._url_before = os.environ.get(code_reward.URL_ENV)  # restored by close()
         try:
             if cfg.sandbox.start_local:
-                self.sandbox = LocalSandbox(cfg.sandbox.max_concurrency)
+                log_path = None
+                if run_dir is not None:
+                    os.makedirs(run_dir, exist_ok=True)
+                    log_path = os.path.join(run_dir, "sandbox.log")
+                self.sandbox = LocalSandbox(cfg.sandbox.max_concurrency, log_path=log_path)
                 os.environ[code_reward.URL_ENV] = self.sandbox.url  # inherited by the pool's workers
             elif cfg.sandbox.url:
                 os.environ[code_reward.URL_ENV] = cfg.sandbox.url
