@@ -45,62 +45,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.learner_phases import Peak, write_random_qwen2  # noqa: E402
 from benchmarks.report import report  # noqa: E402
 
 GiB = 2**30
-# hidden, layers, heads, kv heads, intermediate, vocab: 1.16B parameters, 4.3 GiB in float32
+# hidden, layers, heads, kv heads, intermediate, vocab (untied): 1.03B parameters, 3.85 GiB in float32
 DEFAULT_SHAPE = (2048, 20, 16, 4, 5632, 32000)
 
 
-def make_model(out: str, shape: tuple[int, ...]) -> int:
-    """A random Qwen2 model in float32 safetensors, written tensor by tensor (never the whole model in
-    memory); returns its parameter count. Kept in ``out`` for the next run."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from or1.workers.hf_io import ModelDirWriter
-
-    hidden, layers, heads, kv, inter, vocab = shape
-    cfg = Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab,
-                      tie_word_embeddings=False, max_position_embeddings=4096)
-    with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    params = list(meta.named_parameters())
-    count = sum(p.numel() for _, p in params)
-    if os.path.exists(os.path.join(out, "model.safetensors.index.json")):
-        return count
-    writer = ModelDirWriter(out, [(n, tuple(p.shape), torch.float32) for n, p in params], 2 * GiB)
-    g = torch.Generator().manual_seed(0)
-    for name, p in params:
-        t = torch.ones(p.shape) if name.endswith("norm.weight") else torch.randn(p.shape, generator=g) * 0.02
-        writer.add({name: t})
-    writer.finish([meta.config, meta.generation_config], None)
-    return count
-
-
 # --- one rank of one case (a subprocess) ---------------------------------------------------------
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-class PeakRSS:
-    """Peak resident memory of this process during a ``with`` block, above its level at entry (GiB)."""
-
-    def __enter__(self):
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident set
-        self.base = _status_kib("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        self.gib = (_status_kib("VmHWM") - self.base) / 2**20
-
-
 def old_load(backend: str, model_dir: str, learner_cfg, optim_cfg):
     """(model, gather-all function) the way or1 built its learners before 2026-11-24 (DeepSpeed: the
     partitioned model, without the engine)."""
@@ -139,10 +92,6 @@ def old_load(backend: str, model_dir: str, learner_cfg, optim_cfg):
     return model, gather_all
 
 
-def _kib(field: str) -> int:
-    return _status_kib(field)
-
-
 def run_rank(a) -> None:
     import torch
     import torch.distributed as dist
@@ -163,7 +112,7 @@ def run_rank(a) -> None:
     optim_cfg = OptimConfig(lr=1e-6)
     out_dir = os.path.join(a.out, "export")
     t0 = time.perf_counter()
-    loaded_hwm = []
+    loaded_gib = []
     if a.path == "new":
         from or1.workers import backends
 
@@ -171,24 +120,24 @@ def run_rank(a) -> None:
         def recording(build):
             def wrapper(*args, **kwargs):
                 model = build(*args, **kwargs)
-                loaded_hwm.append(_kib("VmHWM"))
+                loaded_gib.append(init.so_far_gib())
                 return model
             return wrapper
         backends.build_fsdp_model = recording(backends.build_fsdp_model)
         backends.build_zero3_model = recording(backends.build_zero3_model)
-        with PeakRSS() as init:
+        with Peak() as init:
             learner = Learner(ModelConfig(path=a.model), optim_cfg, None, learner_cfg, a.rank, 2, "127.0.0.1",
                               a.port)
-        load_gib = (loaded_hwm[0] - init.base) / 2**20
+        load_gib = loaded_gib[0]
         t1 = time.perf_counter()
-        with PeakRSS() as export:
+        with Peak() as export:
             learner.save_hf(out_dir)
     else:
-        with PeakRSS() as init:
+        with Peak() as init:
             model, gather_all = old_load(a.backend, a.model, learner_cfg, optim_cfg)
         load_gib = init.gib
         t1 = time.perf_counter()
-        with PeakRSS() as export:
+        with Peak() as export:
             full = gather_all()
             if a.rank == 0:
                 model.save_pretrained(out_dir, state_dict=full)
@@ -231,7 +180,7 @@ def main() -> None:
     p.add_argument("--backends", nargs="+", default=["fsdp", "deepspeed"], choices=["fsdp", "deepspeed"])
     p.add_argument("--bucket-mb", type=float, default=512, help="learner.sync_bucket_mb for the new export")
     p.add_argument("--shape", default=",".join(map(str, DEFAULT_SHAPE)),
-                   help="hidden,layers,heads,kv_heads,intermediate,vocab (default: 1.16B parameters)")
+                   help="hidden,layers,heads,kv_heads,intermediate,vocab (default: 1.03B parameters)")
     p.add_argument("--json", default=None)
     # one rank of one case (internal)
     p.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -245,7 +194,10 @@ def main() -> None:
         run_rank(a)
         return
 
-    num_params = make_model(a.model_dir, tuple(int(x) for x in a.shape.split(",")))
+    import torch
+
+    shape = (*(int(x) for x in a.shape.split(",")), False)  # untied embeddings
+    num_params = write_random_qwen2(a.model_dir, shape, torch.float32, reuse=True)
     model_gib = num_params * 4 / GiB
     row = {"model_params_b": num_params / 1e9, "model_gib": model_gib, "ranks": 2, "bucket_mb": a.bucket_mb}
     with tempfile.TemporaryDirectory() as work:

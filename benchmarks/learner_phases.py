@@ -36,31 +36,38 @@ SHAPES = {  # Qwen2.5 configurations (hidden, layers, heads, kv heads, intermedi
 }
 
 
-def write_model(shape: str, out: str, dtype: torch.dtype) -> None:
-    """A random model of ``shape`` in safetensors, written one tensor at a time."""
+def write_random_qwen2(out: str, shape: tuple, dtype: torch.dtype, reuse: bool = False) -> int:
+    """A random Qwen2 model of ``shape`` (hidden, layers, heads, kv heads, intermediate, vocab, tied)
+    in safetensors, written one tensor at a time (never the whole model in memory); returns its
+    parameter count. With ``reuse``, a complete model already in ``out`` is kept."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     from or1.workers.hf_io import ModelDirWriter
 
-    hidden, layers, heads, kv, inter, vocab, tied = SHAPES[shape]
+    hidden, layers, heads, kv, inter, vocab, tied = shape
     cfg = Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                       num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab,
                       tie_word_embeddings=tied, max_position_embeddings=32768)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     params = list(meta.named_parameters())  # tied weights once
-    writer = ModelDirWriter(out, [(n, tuple(p.shape), dtype) for n, p in params], 4 * GiB)
+    count = sum(p.numel() for _, p in params)
+    if reuse and os.path.exists(os.path.join(out, "config.json")):  # written last: the model is complete
+        return count
+    writer = ModelDirWriter(out, [(n, tuple(p.shape), dtype) for n, p in params], 2 * GiB)
     g = torch.Generator().manual_seed(0)
     for name, p in params:
         t = torch.ones(p.shape) if name.endswith("norm.weight") else torch.randn(p.shape, generator=g) * 0.02
         writer.add({name: t.to(dtype)})
     writer.finish([meta.config, meta.generation_config], None)
+    return count
 
 
 class Peak:
-    """Peak memory during a ``with`` block (GiB): device allocator on CUDA, resident set above entry on CPU."""
+    """Peak memory during a ``with`` block (GiB): device allocator on CUDA; on CPU the process's
+    resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) above its level at entry."""
 
-    def __init__(self, cuda: bool):
+    def __init__(self, cuda: bool = False):
         self.cuda = cuda
 
     def __enter__(self):
@@ -69,21 +76,26 @@ class Peak:
             torch.cuda.reset_peak_memory_stats()
         else:
             with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.base = _rss_kib("VmRSS")
+                f.write("5")  # resets VmHWM to the current resident set
+            self.base = rss_kib("VmRSS")
         self.t0 = time.perf_counter()
         return self
+
+    def so_far_gib(self) -> float:
+        """The peak up to now (CPU)."""
+        return (rss_kib("VmHWM") - self.base) / 2**20
 
     def __exit__(self, *exc):
         if self.cuda:
             torch.cuda.synchronize()
             self.gib = torch.cuda.max_memory_allocated() / GiB
         else:
-            self.gib = (_rss_kib("VmHWM") - self.base) / 2**20
+            self.gib = self.so_far_gib()
         self.seconds = time.perf_counter() - self.t0
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process, KiB."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
@@ -107,7 +119,7 @@ def main() -> None:
     dtype = getattr(torch, a.master_dtype)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
-        write_model(a.shape, model_dir, dtype)
+        write_random_qwen2(model_dir, SHAPES[a.shape], dtype)
         learner_cfg = LearnerConfig(compute_dtype="bfloat16" if cuda else "float32", micro_batch_sequences=1,
                                     gradient_checkpointing=True, logits_chunk_tokens=a.chunk,
                                     sync_bucket_mb=a.bucket_mb)

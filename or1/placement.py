@@ -154,8 +154,8 @@ def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) 
     """
     world = len(plan.learners)
     master_bytes = 4 if cfg.model.dtype == DType.float32 else 2
-    reference = shape.num_params * master_bytes / world / GiB if cfg.algorithm.kl.enabled else 0.0
     weights = shape.num_params * master_bytes / world / GiB
+    reference = weights if cfg.algorithm.kl.enabled else 0.0  # the frozen reference: the same shards again
     out = {"learner_weights": weights + reference,
            "learner_state": 4 * weights + reference}
     # between updates the gradients are freed (zero_grad(set_to_none=True)): weights and moments stay

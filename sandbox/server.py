@@ -38,8 +38,7 @@ class Service:
     def limits(self, body: dict) -> Limits:
         timeout_s, memory_mb = body.get("timeout_s", 10.0), body.get("memory_mb", 512)
         for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
+            if not _finite_number(value) or value <= 0:
                 raise BadRequest(f"{name} must be a positive finite number, got {value!r}")
         return Limits(timeout_s=min(float(timeout_s), self.max_timeout_s),
                       memory_mb=min(int(memory_mb), self.max_memory_mb))
@@ -59,6 +58,11 @@ class Service:
         finally:
             self.running -= 1
             self.slots.release()
+
+
+def _finite_number(value) -> bool:
+    """A JSON number that is not NaN or infinite (JSON booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 async def _body(request: web.Request) -> dict:
@@ -117,7 +121,7 @@ def _tests(body: dict) -> dict:
 
 def _tolerance(body: dict) -> float:
     value = body.get("float_tolerance", 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not _finite_number(value) or value < 0:
         raise BadRequest(f"float_tolerance must be a finite number >= 0, got {value!r}")
     return float(value)
 

@@ -314,12 +314,15 @@ def test_a_local_service_answers_past_its_pipe_buffer_and_dies_with_its_parent(t
         assert (tmp_path / "sandbox.log").stat().st_size > 64 * 1024  # more than a pipe would have held
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
+        def running() -> bool:  # a zombie is dead: only its exit status waits to be collected
+            try:
+                return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
         deadline = time.time() + 15
-        while time.time() < deadline and os.path.exists(f"/proc/{pid}") and \
-                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        while time.time() < deadline and running():
             time.sleep(0.2)
-        alive = os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-        assert not alive, "the sandbox service outlived the trainer that started it"
+        assert not running(), "the sandbox service outlived the trainer that started it"
     finally:
         parent.kill()
 

@@ -55,10 +55,11 @@ def zero3_init_without_broadcast():
 
     ZeRO-3's init broadcasts every freshly created (random) parameter from rank 0 so that all ranks
     partition the same values. or1 overwrites every partition from the checkpoint right after, so
-    the broadcast would only cost time (a 32B model's 131 GB over the network at start) and memory
-    (each full parameter written on every rank: +0.5 GiB per rank at 1B, measured). DeepSpeed
-    0.19's ``Init._zero_init_param`` is that broadcast plus ``partition()``; with another DeepSpeed
-    that lacks it, this does nothing and the broadcast happens.
+    the broadcast would only cost time: the whole model sent from rank 0 to every rank at start (a
+    32B model's 131 GB over the network; not measured separately here, where the 0.5 GiB per rank
+    came from transformers' initialisation, see ``partitioned_init_only``). DeepSpeed 0.19's
+    ``Init._zero_init_param`` is that broadcast plus ``partition()``; with another DeepSpeed that
+    lacks it, this does nothing and the broadcast happens.
     """
     from deepspeed.runtime.zero.partition_parameters import Init
 
@@ -143,25 +144,16 @@ def build_fsdp_model(model_cfg: ModelConfig, learner_cfg: LearnerConfig, device:
     return model
 
 
-def load_fsdp_shards(model: torch.nn.Module, checkpoint: SafetensorsCheckpoint) -> None:
-    """Copy each parameter's local shard (a ``DTensor``'s box of the global tensor) from the checkpoint."""
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
+def _load_weights(model: torch.nn.Module, checkpoint: SafetensorsCheckpoint, read_parameter) -> None:
+    """``read_parameter(name, param)`` fills this rank's part of each parameter from ``checkpoint``;
+    persistent buffers saved with the model are copied whole. Names the checkpoint lacks are an error."""
     missing = []
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name not in checkpoint:
                 missing.append(name)
                 continue
-            if isinstance(param, DTensor):
-                local = param.to_local()
-                shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
-                box = tuple(slice(o, o + s) for o, s in zip(offset, shape))
-            else:
-                local, box = param.data, None
-            if local.numel():
-                checkpoint.read_into(name, local, box)  # on CPU straight from the file into the shard
+            read_parameter(name, param)
         for name, buffer in model.named_buffers():
             if name in checkpoint:  # persistent buffers saved with the model
                 buffer.copy_(checkpoint.read(name).to(device=buffer.device, dtype=buffer.dtype))
@@ -169,6 +161,24 @@ def load_fsdp_shards(model: torch.nn.Module, checkpoint: SafetensorsCheckpoint) 
     if missing:
         raise KeyError(f"{checkpoint.dir} has no weights for {missing[:5]}{' ...' if len(missing) > 5 else ''} "
                        "(is model.path a checkpoint of this architecture?)")
+
+
+def load_fsdp_shards(model: torch.nn.Module, checkpoint: SafetensorsCheckpoint) -> None:
+    """Copy each parameter's local shard (a ``DTensor``'s box of the global tensor) from the checkpoint."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    def read_shard(name: str, param) -> None:
+        if isinstance(param, DTensor):
+            local = param.to_local()
+            shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+            box = tuple(slice(o, o + s) for o, s in zip(offset, shape))
+        else:
+            local, box = param.data, None
+        if local.numel():
+            checkpoint.read_into(name, local, box)  # on CPU straight from the file into the shard
+
+    _load_weights(model, checkpoint, read_shard)
 
 
 def build_zero3_model(model_cfg: ModelConfig, learner_cfg: LearnerConfig, trainable: bool):
@@ -193,23 +203,13 @@ def load_zero3_partitions(model: torch.nn.Module, checkpoint: SafetensorsCheckpo
     ``[r * p, (r + 1) * p)`` of the flattened tensor, p = ``ds_tensor.ds_numel``, zero padded at the end."""
     import deepspeed.comm as ds_dist
 
-    missing = []
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name not in checkpoint:
-                missing.append(name)
-                continue
-            part = param.ds_tensor
-            size = part.ds_numel
-            start = size * ds_dist.get_rank(group=param.ds_process_group)
-            end = min(start + size, param.ds_numel)
-            part.zero_()
-            if start < end:
-                checkpoint.read_flat(name, start, end, into=part[:end - start])
-        for name, buffer in model.named_buffers():
-            if name in checkpoint:
-                buffer.copy_(checkpoint.read(name).to(device=buffer.device, dtype=buffer.dtype))
-    checkpoint.close()
-    if missing:
-        raise KeyError(f"{checkpoint.dir} has no weights for {missing[:5]} (is model.path a checkpoint of this "
-                       "architecture?)")
+    def read_partition(name: str, param) -> None:
+        part = param.ds_tensor
+        size = part.ds_numel
+        start = size * ds_dist.get_rank(group=param.ds_process_group)
+        end = min(start + size, param.ds_numel)
+        part.zero_()
+        if start < end:
+            checkpoint.read_flat(name, start, end, into=part[:end - start])
+
+    _load_weights(model, checkpoint, read_partition)
