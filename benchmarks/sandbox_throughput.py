@@ -1,6 +1,7 @@
 """Sandbox throughput: executions per second of a trivial passing program.
 
-    .venv/bin/python benchmarks/sandbox_throughput.py [--n 200] [--concurrency 2] [--out benchmarks/results/sandbox.json]
+    .venv/bin/python benchmarks/sandbox_throughput.py [--n 200] [--concurrency 2] \
+        [--json benchmarks/results/sandbox.json]
 
 Side by side in one run: (a) the isolated runner (bubblewrap + rlimits + uid drop) called
 directly, (b) the full service over HTTP (/run), and (c) a naive ``subprocess.run([python, file])``
@@ -90,7 +91,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--out", default="benchmarks/results/sandbox.json")
+    p.add_argument("--json", "--out", dest="out", default="benchmarks/results/sandbox.json",
+                   help="write the figures here")
     a = p.parse_args()
     naive(10, a.concurrency)  # warm caches
     t_naive, t_runner, t_service = naive(a.n, a.concurrency), runner(a.n, a.concurrency), service(a.n, a.concurrency)

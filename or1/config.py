@@ -91,6 +91,11 @@ class WandbMode(Choice):
     disabled = "disabled"
 
 
+class TinyTask(str, Enum):
+    arithmetic = "arithmetic"  # the answer is the number, scored by the math verifier
+    code = "code"  # the response is a program that must print the number, judged by the sandbox
+
+
 @dataclass
 class TinyBootstrapConfig:
     """Creates a tiny model and the synthetic arithmetic data when they are missing.
@@ -112,6 +117,9 @@ class TinyBootstrapConfig:
     n_train: int = 2000  # arithmetic problems written to data/train.jsonl
     n_val: int = 200  # held-out problems written to data/val.jsonl (never in train)
     max_operand: int = 49  # operands are 0..max_operand
+    # code: the same problems as code tests ({inputs: [""], outputs: [result]}, data_source
+    # synthetic/arithmetic_code), for the tiny_code_cpu recipe's run of the code-RL plumbing
+    task: TinyTask = TinyTask.arithmetic
 
 
 @dataclass

@@ -36,7 +36,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from or1.checkpoint import STATE_FILE, resolve_resume
-from or1.config import ConfigError, LearnerBackend, OR1Config, Placement, validate_config
+from or1.config import ConfigError, LearnerBackend, OR1Config, Placement, TinyTask, validate_config
 from or1.data.dataset import DataRows, PromptDataset, read_rows
 from or1.placement import PlacementPlan, plan_placement
 from or1.rewards.manager import RewardManager
@@ -153,7 +153,7 @@ def _inside_output_dir(cfg: OR1Config, path: str) -> bool:
 def write_tiny_data(cfg: OR1Config) -> None:
     """The tiny recipe's arithmetic data: written where missing, only inside ``trainer.output_dir``
     (a data path elsewhere must exist, like in any recipe)."""
-    from or1.data.arithmetic import generate_splits, write_jsonl
+    from or1.data.arithmetic import as_code_problem, generate_splits, write_jsonl
 
     t = cfg.tiny
     missing = [f for f in cfg.data.train_files + cfg.data.val_files
@@ -161,6 +161,8 @@ def write_tiny_data(cfg: OR1Config) -> None:
     if not missing:
         return
     train, val = generate_splits(t.n_train, t.n_val, max_operand=t.max_operand, seed=t.seed)
+    if t.task == TinyTask.code:
+        train, val = [as_code_problem(r) for r in train], [as_code_problem(r) for r in val]
     for files, rows in ((cfg.data.train_files, train), (cfg.data.val_files, val)):
         for f in files:
             if f in missing:

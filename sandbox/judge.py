@@ -11,27 +11,35 @@ value (JSON, or a string holding JSON), compared by ``values_match``.
 from __future__ import annotations
 
 import json
+import secrets
+import time
 
 from sandbox.compare import outputs_match, values_match
 from sandbox.runner import Limits, Program, RunResult
 
-RESULT_MARK = "\n@@OR1-SANDBOX-RESULT@@"
-# main.py of a call-based test; the candidate's code is solution.py beside it
+# main.py of a call-based test; the candidate's code is solution.py beside it. The harness prints
+# the request's one-off marker, then the result as JSON, after everything the program printed.
+# The program runs in the same process and could print that marker itself, but to no gain: what
+# follows it is only ever compared with the expected value, which never enters the sandbox, and an
+# unreadable payload is a runtime_error verdict like any crash.
 CALL_HARNESS = '''
 import json, sys
 if hasattr(sys, "set_int_max_str_digits"):
     sys.set_int_max_str_digits(0)  # results may be integers of any size
-request = json.loads(sys.stdin.read())
-namespace = {"__name__": "solution"}
-exec(compile(open("solution.py").read(), "solution.py", "exec"), namespace)
-fn = namespace.get(request["fn"])
-if fn is None and "Solution" in namespace:
-    fn = getattr(namespace["Solution"](), request["fn"])
-if fn is None:
-    raise SystemExit("no function named " + request["fn"])
-result = fn(*request["args"])
-sys.stdout.write(MARK + json.dumps(result, default=lambda o: list(o) if isinstance(o, (set, tuple)) else repr(o)))
-'''.replace("MARK", repr(RESULT_MARK))
+def _harness():
+    request = json.loads(sys.stdin.read())
+    namespace = {"__name__": "solution"}
+    exec(compile(open("solution.py").read(), "solution.py", "exec"), namespace)
+    fn = namespace.get(request["fn"])
+    if fn is None and "Solution" in namespace:
+        fn = getattr(namespace["Solution"](), request["fn"])
+    if fn is None:
+        raise SystemExit("no function named " + request["fn"])
+    result = fn(*request["args"])
+    sys.stdout.write(request["mark"] + json.dumps(
+        result, default=lambda o: list(o) if isinstance(o, (set, tuple)) else repr(o)))
+_harness()
+'''
 
 
 def _call_args(raw) -> list:
@@ -56,33 +64,49 @@ def _brief(text: str, limit: int = 300) -> str:
 
 
 async def judge(language: str, code: str, tests: dict, limits: Limits | None = None, early_stop: bool = True,
-                float_tolerance: float = 0.0, isolated: bool = True) -> dict:
+                float_tolerance: float = 0.0, isolated: bool = True, deadline_s: float | None = None) -> dict:
+    """Run every test (or up to the first failure with ``early_stop``) within ``deadline_s`` for
+    the whole judgement: a test gets at most the time left, and tests past the deadline are not
+    run (``deadline_exceeded``; they count as not passed)."""
     inputs, outputs, fn_name = tests.get("inputs", []), tests.get("outputs", []), tests.get("fn_name")
     if len(inputs) != len(outputs):
         raise ValueError(f"tests have {len(inputs)} inputs but {len(outputs)} outputs")
     if fn_name and language != "python":
         raise ValueError("call-based tests (fn_name) are supported for python only")
-    results = []
+    end = None if deadline_s is None else time.monotonic() + deadline_s
+    results, deadline_exceeded = [], False
+    mark = f"\n@@OR1-SANDBOX-RESULT-{secrets.token_hex(16)}@@"
     # written (and compiled) once for all tests: a call-based test runs the harness around the code
     program = (Program("python", CALL_HARNESS, limits, isolated, extra_files={"solution.py": code}) if fn_name
                else Program(language, code, limits, isolated))
     async with program:
         for raw_in, raw_out in zip(inputs, outputs):
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                deadline_exceeded = True
+                break
             if fn_name:
-                run: RunResult = await program.run(json.dumps({"fn": fn_name, "args": _call_args(raw_in)}))
+                run: RunResult = await program.run(json.dumps({"fn": fn_name, "args": _call_args(raw_in),
+                                                               "mark": mark}), left)
                 got, passed = None, False
-                if run.status == "ok" and RESULT_MARK in run.stdout:
-                    program_out, _, payload = run.stdout.rpartition(RESULT_MARK)
-                    got = json.loads(payload)
+                if run.status == "ok" and mark in run.stdout:
+                    program_out, _, payload = run.stdout.rpartition(mark)
                     run.stdout = program_out
-                    passed = values_match(got, _expected_value(raw_out), float_tolerance)
+                    try:
+                        got = json.loads(payload)
+                        passed = values_match(got, _expected_value(raw_out), float_tolerance)
+                    except (json.JSONDecodeError, RecursionError, ValueError):
+                        run.status, run.stderr = "runtime_error", "the result could not be read\n" + run.stderr
+                elif run.status == "ok":
+                    run.status, run.stderr = "runtime_error", "no result was returned\n" + run.stderr
                 entry = {"got": _brief(json.dumps(got))} if got is not None else {}
             else:
-                run = await program.run(str(raw_in))
+                run = await program.run(str(raw_in), left)
                 passed = run.status == "ok" and outputs_match(run.stdout, str(raw_out), float_tolerance)
                 entry = {"got": _brief(run.stdout)}
             results.append({"status": run.status, "passed": passed, "exit_code": run.exit_code,
                             "wall_s": run.wall_s, "stderr": _brief(run.stderr), **entry})
             if early_stop and not passed:
                 break
-    return {"passed": sum(r["passed"] for r in results), "total": len(inputs), "results": results}
+    return {"passed": sum(r["passed"] for r in results), "total": len(inputs), "results": results,
+            "deadline_exceeded": deadline_exceeded}

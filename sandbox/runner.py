@@ -1,40 +1,59 @@
 """Run one untrusted program, isolated, under hard limits.
 
 Layers (each one would stop most attacks alone; together they are the design):
-1. bubblewrap: new user, pid, network, ipc, uts and cgroup namespaces (``--unshare-all``): no
-   network at all (not even the host's loopback), its own pid 1, so every process it starts,
-   daemons included, dies with the sandbox. The root filesystem is empty except ``/usr`` (and
-   its ``/bin``, ``/lib`` links) read-only, a fresh ``/proc`` and ``/dev``, a size-capped
-   ``/tmp`` and the run's own working directory at ``/work``. ``/etc``, ``/root``, ``/home``
-   and the service's files are not there to read.
-2. An unprivileged uid (65534) when the service runs as root (``setpriv`` drops it before
-   bubblewrap starts; as root bubblewrap would only pretend to), an empty environment.
-3. rlimits: CPU seconds, address space, processes/threads (per uid), file size, open files.
-4. Its own session / process group, SIGKILLed as a whole at the wall-clock deadline or when the
-   output cap is exceeded; stdout and stderr are read with a cap.
-5. A fresh temporary working directory, removed afterwards (and, after a SIGKILLed service, by the
-   next service's start-up sweep: ``sweep_dead_services``).
+1. bubblewrap: new user, pid, network, ipc, uts and cgroup namespaces (``--unshare-all``) with
+   nested user namespaces disabled (``--disable-userns``): no network at all (not even the host's
+   loopback), its own pid 1, so every process it starts, daemons included, dies with the sandbox.
+   The root filesystem is a read-only tmpfs holding only ``/usr`` (and its ``/bin``, ``/lib``
+   links) read-only, a fresh ``/proc``, a read-only ``/dev`` with a size-capped ``/dev/shm``, a
+   size-capped ``/tmp``, and ``/work``: a size-capped tmpfs holding the request's files read-only
+   (only the compile step writes to the run's host directory, its output bounded by RLIMIT_FSIZE).
+   ``/etc``, ``/root``, ``/home`` and the service's files are not there to read.
+2. A seccomp filter (``sandbox.isolation.seccomp_filter``): no ptrace (a program that could
+   ptrace its namespace's init could outlive the service), io_uring, keyrings, bpf, perf, mounts,
+   namespace changes, module loading.
+3. Its own uid per request when the service runs as root (``setpriv`` drops to it before
+   bubblewrap starts; as root bubblewrap would only pretend to): per-uid limits are per run, and
+   whatever still runs as that uid when the request ends is killed. An empty environment.
+4. A cgroup per process launch where the cgroup filesystem is writable: the total memory of all
+   its processes and tmpfs pages (``memory_mb``), its process count, its OOM kills; every process
+   in it is killed at the end. rlimits as well: CPU seconds, address space, processes/threads,
+   file size, open files.
+5. Its own session / process group, SIGKILLed as a whole at the wall-clock deadline, when the
+   output cap is exceeded, or when the request is cancelled (the client left); stdout and stderr
+   are read with a cap.
+6. A fresh temporary working directory, removed afterwards off the event loop (and, after a
+   SIGKILLed service, by the next service's start-up sweep: ``sweep_dead_services``).
+
+Verdicts cannot be forged by the program: ``sandbox_error`` means bubblewrap itself reported no
+started child (``--json-status-fd``), never anything the program printed.
 
 Without bubblewrap (or user namespaces) the service refuses to start unless told to run in the
-documented weak mode (``--allow-weak-isolation``: layers 2-5 only, no filesystem or network
+documented weak mode (``--allow-weak-isolation``: layers 3-6 only, no filesystem or network
 isolation).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import json
+import logging
 import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 
+from sandbox.isolation import Cgroups, RunCgroup, UidPool, seccomp_filter
 from sandbox.languages import LANGUAGES, Language
 
-NOBODY = 65534
+log = logging.getLogger("sandbox")
+NOBODY = 65534  # the uid start-up's bubblewrap check runs as (runs get their own: UidPool)
 PR_SET_CHILD_SUBREAPER = 36
 _live_children: set[int] = set()  # direct children whose exit asyncio is still waiting for
 _subreaper = False
@@ -44,10 +63,10 @@ STATUSES = ("ok", "compile_error", "runtime_error", "timeout", "memory_limit", "
 @dataclass
 class Limits:
     timeout_s: float = 10.0  # wall clock, from start to the last byte of output
-    memory_mb: int = 512  # address space of each process
-    max_processes: int = 64  # processes + threads of the sandbox uid (RLIMIT_NPROC)
+    memory_mb: int = 512  # address space of each process, and (with cgroups) all processes and tmpfs together
+    max_processes: int = 64  # processes + threads of the run (RLIMIT_NPROC of its own uid; the cgroup's pids.max)
     max_output_bytes: int = 1 << 20  # stdout + stderr kept; more ends the run as output_limit
-    max_file_bytes: int = 16 << 20  # largest file it may write (RLIMIT_FSIZE); /tmp is capped at 4x this
+    max_file_bytes: int = 16 << 20  # largest file it may write (RLIMIT_FSIZE); /tmp, /work, /dev/shm: 4x this each
     max_open_files: int = 64
 
 
@@ -63,13 +82,66 @@ class RunResult:
         return asdict(self)
 
 
+# --- the service's isolation state: uid pool and cgroups --------------------------------------------
+@dataclass
+class Isolation:
+    uids: UidPool | None  # None: the service is not root, runs share its uid
+    cgroups: Cgroups | None  # None: memory is bounded per process only
+    cgroup_note: str
+    seccomp: bytes | None
+
+    def describe(self) -> dict:
+        return {"uid_per_run": self.uids is not None, "cgroups": self.cgroup_note,
+                "seccomp": self.seccomp is not None}
+
+
+_isolation: Isolation | None = None
+# not under $TMPDIR: every service on this host must see the same locks, whatever its environment
+UID_LOCK_DIR = "/tmp/or1-sandbox-uid-locks"
+
+
+def isolation() -> Isolation:
+    """This process's isolation state, set up on first use (``python -m sandbox`` does it at
+    start-up): claim a uid block and kill what dead services' runs left running, create this
+    service's cgroup directory and remove dead services' ones."""
+    global _isolation
+    if _isolation is None:
+        name = _service_name()
+        uids = UidPool(UID_LOCK_DIR) if os.geteuid() == 0 else None
+        if uids is not None:
+            killed = uids.sweep_unheld_blocks()
+            if killed:
+                log.warning("killed %d process(es) left running by stopped sandbox services", killed)
+        Cgroups.sweep_dead_services(lambda other: _service_alive(other))
+        cgroups, note = Cgroups.create(name)
+        if cgroups is None:
+            log.warning("no per-run cgroups (%s): memory_mb bounds each process, not a run's total", note)
+        _isolation = Isolation(uids, cgroups, note, seccomp_filter())
+        atexit.register(shutdown_isolation)
+    return _isolation
+
+
+def shutdown_isolation() -> None:
+    """Kill every process of this service's runs and remove its cgroups and run directories."""
+    global _isolation
+    if _isolation is None:
+        return
+    if _isolation.cgroups is not None:
+        _isolation.cgroups.remove_all()
+    if _isolation.uids is not None:
+        _isolation.uids.close()
+    _isolation = None
+    remove_service_dir()
+
+
 def bwrap_available() -> str | None:
     """None if bubblewrap can create its namespaces here, else the reason it cannot."""
     if shutil.which("bwrap") is None:
         return "bwrap (Debian package bubblewrap) is not installed"
-    cmd = _privilege_drop() + ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr",
-                               "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-                               "--symlink", "usr/lib64", "/lib64", "/usr/bin/true"]
+    cmd = _privilege_drop(NOBODY) + ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
+                                     "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
+                                     "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                                     "/usr/bin/true"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -79,26 +151,39 @@ def bwrap_available() -> str | None:
     return None
 
 
-def _privilege_drop() -> list[str]:
+def _privilege_drop(uid: int) -> list[str]:
     if os.geteuid() == 0:
-        return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all"]
+        return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--no-new-privs"]
     return []  # the service already runs unprivileged; the user namespace maps it
 
 
-def _bwrap(workdir: str, limits: Limits) -> list[str]:
-    return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--hostname", "sandbox",
+def _bwrap(workdir: str, limits: Limits, writable_workdir: bool, seccomp_fd: int | None, status_fd: int) -> list[str]:
+    """bubblewrap's arguments. ``writable_workdir`` (the compile step): ``/work`` is the host run
+    directory, so the build output stays for the runs; otherwise ``/work`` is a size-capped tmpfs
+    with the run directory's files bound read-only into it, so a run writes nothing to the host."""
+    tmpfs_bytes = str(4 * limits.max_file_bytes)
+    if writable_workdir:
+        work = ["--bind", workdir, "/work"]
+    else:
+        work = ["--size", tmpfs_bytes, "--tmpfs", "/work"]
+        for name in sorted(os.listdir(workdir)):
+            work += ["--ro-bind", os.path.join(workdir, name), f"/work/{name}"]
+    return ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--hostname", "sandbox", "--json-status-fd", str(status_fd),
+            *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64",
-            "--proc", "/proc", "--dev", "/dev",
-            "--size", str(4 * limits.max_file_bytes), "--tmpfs", "/tmp",
-            "--bind", workdir, "/work", "--chdir", "/work",
+            "--proc", "/proc", "--dev", "/dev", "--size", tmpfs_bytes, "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+            "--size", tmpfs_bytes, "--tmpfs", "/tmp", *work, "--remount-ro", "/", "--chdir", "/work",
             "--clearenv", "--setenv", "PATH", "/usr/bin", "--setenv", "HOME", "/work",
             "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
             "--"]
 
 
-def _set_limits(limits: Limits, cpu_s: int):
+def _set_limits(limits: Limits, cpu_s: int, cgroup: RunCgroup | None):
     def apply() -> None:
+        if cgroup is not None:
+            cgroup.attach()  # before anything else runs: every descendant is in it, and cannot leave
         mem = limits.memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
@@ -194,22 +279,90 @@ async def _kill_sandbox(proc: asyncio.subprocess.Process) -> None:
     _kill_group(pid)
 
 
-async def _execute(cmd: list[str], stdin: str, limits: Limits, timeout_s: float, cwd: str) -> RunResult:
+async def _execute(argv: list[str], stdin: str, limits: Limits, timeout_s: float, where: "_Where",
+                   writable_workdir: bool = False) -> RunResult:
+    """Start ``argv`` in the run's sandbox and supervise it to the end. Cancelling the calling task
+    (the client left) kills the run before the cancellation goes on."""
+    iso = isolation()
     cpu_s = max(1, int(timeout_s) + 1)
     _become_subreaper()
+    child_fds: list[int] = []
+    status_read = None
+    cmd = _privilege_drop(where.uid)
+    if where.isolated:
+        seccomp_fd = None
+        if iso.seccomp is not None:
+            seccomp_fd, seccomp_write = os.pipe()  # bubblewrap reads the filter from it
+            os.write(seccomp_write, iso.seccomp)
+            os.close(seccomp_write)
+            child_fds.append(seccomp_fd)
+        status_read, status_write = os.pipe()  # bubblewrap reports the child it started, the program cannot
+        os.set_blocking(status_read, False)
+        child_fds.append(status_write)
+        cmd += _bwrap(where.workdir, limits, writable_workdir, seccomp_fd, status_write)
+    cmd += argv
+    cgroup = None
     t0 = time.monotonic()
     try:
+        if iso.cgroups is not None:
+            cgroup = iso.cgroups.new(f"run-{where.uid}-{time.monotonic_ns()}", limits.memory_mb * 2**20,
+                                     limits.max_processes)
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd=cwd, start_new_session=True, preexec_fn=_set_limits(limits, cpu_s), env={"PATH": "/usr/bin"})
-    except OSError as exc:
+            cwd="/" if where.isolated else where.workdir, start_new_session=True, pass_fds=child_fds,
+            preexec_fn=_set_limits(limits, cpu_s, cgroup), env={"PATH": "/usr/bin"})
+    except BaseException as exc:  # OSError, or cancelled while starting
+        if cgroup is not None:
+            cgroup.remove()
+        if not isinstance(exc, OSError):
+            raise
         return RunResult("sandbox_error", stderr=f"could not start: {exc}")
+    finally:
+        for fd in child_fds:
+            os.close(fd)
     _live_children.add(proc.pid)
     try:
-        return await _supervise(proc, stdin, limits, timeout_s, t0)
+        result = await _supervise(proc, stdin, limits, timeout_s, t0)
+    except asyncio.CancelledError:
+        await asyncio.shield(_kill_sandbox(proc))
+        raise
     finally:
         _live_children.discard(proc.pid)
+        if cgroup is not None:
+            cgroup.kill()  # anything that survived its namespace's end
         _reap_orphans()
+        started = _bwrap_started(status_read) if status_read is not None else True
+        if status_read is not None:
+            os.close(status_read)
+        oom_kills = cgroup.oom_kills() if cgroup is not None else 0
+        if cgroup is not None:
+            # not awaited: rmdir waits for the killed processes' exit (~10 ms), the verdict need not
+            asyncio.get_running_loop().run_in_executor(None, cgroup.remove)
+    if not started:
+        result.status = "sandbox_error"  # bubblewrap failed before starting the program
+    elif oom_kills and result.status in ("runtime_error", "ok"):
+        result.status = "memory_limit"  # the run's cgroup hit memory_mb and the kernel killed a process
+    return result
+
+
+def _bwrap_started(status_fd: int) -> bool:
+    """Whether bubblewrap reported starting the program (``{"child-pid": N}`` on its status fd)."""
+    data = b""
+    try:
+        while len(data) < 65536:
+            chunk = os.read(status_fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    except BlockingIOError:
+        pass
+    for line in data.decode(errors="replace").splitlines():
+        try:
+            if "child-pid" in json.loads(line):
+                return True
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return False
 
 
 async def _supervise(proc: asyncio.subprocess.Process, stdin: str, limits: Limits, timeout_s: float,
@@ -236,6 +389,9 @@ async def _supervise(proc: asyncio.subprocess.Process, stdin: str, limits: Limit
                                      return_when=asyncio.FIRST_COMPLETED)
         if not done:
             timed_out = True
+    except asyncio.CancelledError:
+        readers.cancel()
+        raise
     finally:
         over_wait.cancel()
     if timed_out or over.is_set():
@@ -254,6 +410,7 @@ async def _supervise(proc: asyncio.subprocess.Process, stdin: str, limits: Limit
     wall = time.monotonic() - t0
     stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
     code = proc.returncode
+    # what the program printed never decides sandbox_error: _execute does, from bubblewrap's report
     if over.is_set():
         status = "output_limit"
     elif timed_out or code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
@@ -264,11 +421,17 @@ async def _supervise(proc: asyncio.subprocess.Process, stdin: str, limits: Limit
         status = "output_limit"
     elif "MemoryError" in stderr or "bad_alloc" in stderr or "Cannot allocate memory" in stderr:
         status = "memory_limit"
-    elif stderr.startswith("bwrap:") or stderr.startswith("setpriv:"):
-        status = "sandbox_error"
     else:
         status = "runtime_error"
     return RunResult(status, stdout, stderr, code, round(wall, 4))
+
+
+@dataclass
+class _Where:
+    """Where a request's processes run: its host directory, its uid, bubblewrap or not."""
+    workdir: str
+    uid: int
+    isolated: bool
 
 
 class Program:
@@ -285,27 +448,27 @@ class Program:
         self.lang: Language | None = LANGUAGES.get(language)
         self.language, self.code, self.isolated, self.extra_files = language, code, isolated, extra_files or {}
         self.failed: RunResult | None = None  # the result every run returns when the program cannot run
-        self.workdir: str | None = None
+        self.where: _Where | None = None
 
     async def __aenter__(self) -> "Program":
         if self.lang is None:
             self.failed = RunResult("sandbox_error",
                                     stderr=f"unknown language {self.language!r}; known: {sorted(LANGUAGES)}")
             return self
-        self.workdir = new_run_dir()
+        uids = isolation().uids
+        uid = uids.acquire() if uids is not None else os.geteuid()
+        self.where = _Where(new_run_dir(), uid, self.isolated)
         files = {self.lang.source: self.code, **self.extra_files}
         for name, text in files.items():
-            with open(os.path.join(self.workdir, name), "w") as f:
+            with open(os.path.join(self.where.workdir, name), "w") as f:
                 f.write(text)
         if os.geteuid() == 0:
             for name in [*files, ""]:
-                os.chown(os.path.join(self.workdir, name), NOBODY, NOBODY)
-        self.prefix = _privilege_drop() + (_bwrap(self.workdir, self.limits) if self.isolated else [])
-        self.cwd = "/" if self.isolated else self.workdir
+                os.chown(os.path.join(self.where.workdir, name), uid, uid)
         if self.lang.compile:
             build_limits = replace(self.limits, memory_mb=self.lang.compile_memory_mb)
-            built = await _execute(self.prefix + list(self.lang.compile), "", build_limits,
-                                   self.lang.compile_timeout_s, self.cwd)
+            built = await _execute(list(self.lang.compile), "", build_limits, self.lang.compile_timeout_s,
+                                   self.where, writable_workdir=True)
             if built.status != "ok":
                 reason = (f"compilation timed out after {self.lang.compile_timeout_s:g} s"
                           if built.status == "timeout" else "compilation failed")
@@ -313,14 +476,24 @@ class Program:
                                         built.exit_code, built.wall_s)
         return self
 
-    async def run(self, stdin: str = "") -> RunResult:
+    async def run(self, stdin: str = "", timeout_s: float | None = None) -> RunResult:
+        """One run; ``timeout_s`` (at most the request's) when less time is left for it."""
         if self.failed is not None:
             return replace(self.failed)
-        return await _execute(self.prefix + list(self.lang.run), stdin, self.limits, self.limits.timeout_s, self.cwd)
+        timeout_s = self.limits.timeout_s if timeout_s is None else min(timeout_s, self.limits.timeout_s)
+        return await _execute(list(self.lang.run), stdin, self.limits, timeout_s, self.where)
 
     async def __aexit__(self, *exc) -> None:
-        if self.workdir is not None:
-            remove_run_dir(self.workdir)
+        if self.where is None:
+            return
+        uids = isolation().uids
+        # off the event loop: killing leftovers and removing a directory may take a while
+        await asyncio.shield(asyncio.to_thread(self._clean_up, uids))
+
+    def _clean_up(self, uids: UidPool | None) -> None:
+        if uids is not None:
+            uids.release(self.where.uid, kill_leftovers=isolation().cgroups is None)
+        remove_run_dir(self.where.workdir)
 
 
 async def run_program(language: str, code: str, stdin: str = "", limits: Limits | None = None,
@@ -345,16 +518,25 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def _service_name(pid: int | None = None) -> str:
+    """``svc-<pid>-<start time>``: names this service's run directories and cgroups."""
+    pid = pid or os.getpid()
+    return f"svc-{pid}-{_start_time(pid)}"
+
+
+def _service_alive(name: str) -> bool:
+    parts = name.split("-")
+    return len(parts) == 3 and parts[0] == "svc" and parts[1].isdigit() and _service_name(int(parts[1])) == name
+
+
 def _service_dir() -> str:
-    pid = os.getpid()
-    path = os.path.join(RUNS_ROOT, f"svc-{pid}-{_start_time(pid)}")
+    path = os.path.join(RUNS_ROOT, _service_name())
     os.makedirs(path, mode=0o711, exist_ok=True)
     return path
 
 
 def remove_service_dir() -> None:
-    pid = os.getpid()
-    remove_run_dir(os.path.join(RUNS_ROOT, f"svc-{pid}-{_start_time(pid)}"))
+    remove_run_dir(os.path.join(RUNS_ROOT, _service_name()))
 
 
 def new_run_dir() -> str:
@@ -362,7 +544,75 @@ def new_run_dir() -> str:
 
 
 def remove_run_dir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a directory tree; never raises (what cannot be removed is logged and left).
+
+    Iterative and relative to one open directory at a time, so any depth works: ``shutil.rmtree``
+    recurses (a tree 3,000 levels deep raised ``RecursionError``) and joins paths (past PATH_MAX).
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
+        return
+    stack = [(None, _remove_files(fd))]  # (this directory's name in its parent, subdirectories left)
+    try:
+        while stack:
+            name, subdirs = stack[-1]
+            if subdirs:
+                sub = subdirs.pop()
+                try:
+                    child = os.open(sub, flags, dir_fd=fd)
+                except OSError:
+                    continue
+                os.close(fd)
+                fd = child
+                stack.append((sub, _remove_files(fd)))
+                continue
+            stack.pop()
+            if name is None:
+                break
+            parent = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError as exc:
+                log.warning("could not remove a directory under %s: %s", path, exc)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
+
+
+def _remove_files(dir_fd: int) -> list[str]:
+    """Unlink every non-directory in the open directory; return its subdirectories' names."""
+    subdirs = []
+    try:
+        os.fchmod(dir_fd, stat.S_IRWXU)  # a program may have left it unreadable or unwritable
+    except OSError:
+        pass
+    try:
+        with os.scandir(dir_fd) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=dir_fd)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return subdirs
 
 
 def sweep_dead_services() -> int:
@@ -374,11 +624,8 @@ def sweep_dead_services() -> int:
     except OSError:
         return 0
     for entry in entries:
-        parts = entry.split("-")
-        if len(parts) != 3 or parts[0] != "svc" or not parts[1].isdigit():
-            continue
-        if _start_time(int(parts[1])) == parts[2]:
-            continue  # that service is alive
+        if not entry.startswith("svc-") or _service_alive(entry):
+            continue  # not a service's, or that service is alive
         remove_run_dir(os.path.join(RUNS_ROOT, entry))
         removed += 1
     return removed

@@ -3,6 +3,9 @@
 Concurrency: at most ``max_concurrency`` programs run at once; up to ``max_queue`` requests wait
 for a slot; beyond that a request gets ``503`` at once (the client retries), never a crash.
 Per-request limits are clamped to the service's maxima. Bad input gets ``400`` with the reason.
+A judgement ends after ``max_judge_s`` whatever its test count (``deadline_exceeded``), and a
+request whose client disconnects is cancelled, its running program killed (``python -m sandbox``
+runs aiohttp with ``handler_cancellation``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from aiohttp import web
 
 from sandbox.judge import judge
 from sandbox.languages import LANGUAGES
-from sandbox.runner import Limits, run_program
+from sandbox.runner import Limits, isolation, run_program
 
 log = logging.getLogger("sandbox")
 
@@ -28,11 +31,13 @@ class BadRequest(ValueError):
 
 class Service:
     def __init__(self, max_concurrency: int = 2, max_queue: int = 256, isolated: bool = True,
-                 max_timeout_s: float = 60.0, max_memory_mb: int = 4096, max_body_mb: float = 8.0):
+                 max_timeout_s: float = 60.0, max_memory_mb: int = 4096, max_body_mb: float = 8.0,
+                 max_judge_s: float = 600.0):
         self.slots = asyncio.Semaphore(max_concurrency)
         self.max_concurrency, self.max_queue = max_concurrency, max_queue
         self.isolated = isolated
         self.max_timeout_s, self.max_memory_mb, self.max_body_mb = max_timeout_s, max_memory_mb, max_body_mb
+        self.max_judge_s = max_judge_s  # one judgement's whole time, all its tests together
         self.running = self.waiting = 0
 
     def limits(self, body: dict) -> Limits:
@@ -133,6 +138,7 @@ def make_app(service: Service, parent_pid: int | None = None) -> web.Application
     @routes.get("/health")
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "isolation": "bwrap" if service.isolated else "weak",
+                                  "layers": isolation().describe(), "max_judge_s": service.max_judge_s,
                                   "running": service.running, "waiting": service.waiting,
                                   "max_concurrency": service.max_concurrency, "languages": sorted(LANGUAGES)})
 
@@ -160,7 +166,7 @@ def make_app(service: Service, parent_pid: int | None = None) -> web.Application
 
         async def work():
             return await judge(body.get("language", "python"), body["code"], tests, limits, early_stop, tolerance,
-                               service.isolated)
+                               service.isolated, deadline_s=service.max_judge_s)
         try:
             result = await service.admitted(work)
         except ValueError as exc:

@@ -29,3 +29,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_training(out, *overrides: str, timeout: float = 1200) -> list[dict]:
+    """``python -m or1.train`` into ``out`` with ``overrides``; its metrics.jsonl records (fails
+    the test with the run's output tail if it did not finish)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "or1.train", *overrides, f"trainer.output_dir={out}"],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

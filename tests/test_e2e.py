@@ -5,11 +5,10 @@ standard error of one measurement is about 0.012; the required gain (MIN_GAIN) i
 standard errors of a difference, half of what the recipe measured.
 """
 
-import json
-import subprocess
-import sys
 
 import pytest
+
+from .conftest import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +20,7 @@ REQUIRED_KEYS = {"step", "reward/mean", "acc/mean", "response_length/mean", "act
 
 def test_tiny_recipe_runs_end_to_end_and_learns(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "or1.train", "recipe=tiny_cpu", f"trainer.output_dir={out}"],
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = run_training(out, "recipe=tiny_cpu")
     train = [r for r in records if "reward/mean" in r]
     assert [r["step"] for r in train] == list(range(1, 201))
     for r in train:

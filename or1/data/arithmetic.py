@@ -14,11 +14,17 @@ import random
 from pathlib import Path
 
 DATA_SOURCE = "synthetic/arithmetic"
+CODE_DATA_SOURCE = "synthetic/arithmetic_code"
 
 
 def make_problem(a: int, b: int, op: str) -> dict:
     result = a + b if op == "+" else a - b
     return {"prompt": f"{a}{op}{b}", "answer": str(result), "data_source": DATA_SOURCE}
+
+
+def as_code_problem(row: dict) -> dict:
+    """The same problem for the code verifier: a program that prints the result (no input)."""
+    return {**row, "data_source": CODE_DATA_SOURCE, "tests": {"inputs": [""], "outputs": [row["answer"] + "\n"]}}
 
 
 def generate_splits(

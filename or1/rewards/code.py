@@ -1,10 +1,12 @@
 """The code verifier: ``score(response, sample)`` with unit tests in ``sample["tests"]``.
 
 The program is the last fenced code block of the text after ``</think>`` (```python, ```py or
-a bare fence). It is judged by the sandbox service (``sandbox/``, reached at ``url`` or at
+a bare fence); with ``fenced_only=False`` a text without one is itself the program (completion-
+style prompts). It is judged by the sandbox service (``sandbox/``, reached at ``url`` or at
 ``$OR1_SANDBOX_URL``, which or1 sets when ``reward.sandbox.start_local`` starts one). Reward:
 1 if every test passes, else 0; with ``partial_credit=True`` the fraction passed. Extras logged:
-``acc``, ``tests_passed_frac``, ``no_code`` and the fraction of judged tests per sandbox status.
+``acc``, ``tests_passed_frac``, ``no_code``, ``judge_s`` (latency of judged programs) and the
+fraction of judged tests per sandbox status.
 
 ``sample["tests"]`` is ``{"inputs": [...], "outputs": [...], "fn_name": optional}`` (or that as
 a JSON string): stdin/stdout tests, or call-based tests when ``fn_name`` is given.
@@ -32,9 +34,12 @@ _FENCE = re.compile(r"```(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNOR
 STATUSES = ("ok", "compile_error", "runtime_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
 
 
-def extract_program(response: str) -> str | None:
-    blocks = _FENCE.findall(answer_text(response))
-    return blocks[-1] if blocks else None
+def extract_program(response: str, fenced_only: bool = True) -> str | None:
+    text = answer_text(response)
+    blocks = _FENCE.findall(text)
+    if blocks:
+        return blocks[-1]
+    return None if fenced_only or not text.strip() else text
 
 
 def _post(url: str, body: dict, timeout: float, retries: int = 20) -> dict:
@@ -63,8 +68,9 @@ def _tests(sample: dict) -> dict:
 
 
 def score(response: str, sample: dict, url: str | None = None, partial_credit: bool = False,
-          timeout_s: float = 6.0, memory_mb: int = 1024, float_tolerance: float = 0.0) -> dict:
-    program = extract_program(response)
+          timeout_s: float = 6.0, memory_mb: int = 1024, float_tolerance: float = 0.0,
+          fenced_only: bool = True) -> dict:
+    program = extract_program(response, fenced_only)
     if program is None:
         return {"score": 0.0, "acc": 0.0, "tests_passed_frac": 0.0, "no_code": 1.0}
     tests = _tests(sample)
@@ -72,6 +78,7 @@ def score(response: str, sample: dict, url: str | None = None, partial_credit: b
     if not url:
         raise RuntimeError(f"no sandbox: set reward.sandbox.start_local=true, pass url, or set ${URL_ENV}")
     total = len(tests["inputs"])
+    t0 = time.monotonic()
     verdict = _post(url, {"language": "python", "code": program, "tests": tests, "timeout_s": timeout_s,
                           "memory_mb": memory_mb, "early_stop": not partial_credit,
                           "float_tolerance": float_tolerance},
@@ -80,7 +87,8 @@ def score(response: str, sample: dict, url: str | None = None, partial_credit: b
     all_passed = float(total > 0 and passed == total)
     judged = verdict["results"] or [{"status": "ok"}]
     out = {"score": (passed / total if total else 0.0) if partial_credit else all_passed,
-           "acc": all_passed, "tests_passed_frac": passed / total if total else 0.0, "no_code": 0.0}
+           "acc": all_passed, "tests_passed_frac": passed / total if total else 0.0, "no_code": 0.0,
+           "judge_s": time.monotonic() - t0}  # the judgement's latency, queueing and retries included
     for status in STATUSES:
         out[f"status_{status}"] = sum(r["status"] == status for r in judged) / len(judged)
     return out
