@@ -336,7 +336,7 @@ async def _execute(argv: list[str], stdin: str, limits: Limits, timeout_s: float
             os.close(status_read)
         oom_kills = cgroup.oom_kills() if cgroup is not None else 0
         if cgroup is not None:
-            # not awaited: rmdir waits for the killed processes' exit (~10 ms), the verdict need not
+            # not awaited: rmdir may wait for killed processes to finish exiting; the verdict need not
             asyncio.get_running_loop().run_in_executor(None, cgroup.remove)
     if not started:
         result.status = "sandbox_error"  # bubblewrap failed before starting the program
