@@ -76,31 +76,14 @@ def seccomp_filter(machine: str | None = None) -> bytes | None:
     return b"".join(struct.pack("=HBBI", *insn) for insn in prog)
 
 
-# --- killing by uid -----------------------------------------------------------------------------
-def _processes_by_uid(uids: range) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                for line in f:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) in uids:  # the real uid
-                            found.append(int(entry))
-                        break
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
-def kill_uids(uids: range, rounds: int = 50) -> int:
-    """SIGKILL every process whose real uid is in ``uids`` until none is left (a forking process
-    may add one between a scan and its kill; each round kills what the scan found). Returns how
-    many processes were found."""
+# --- killing -------------------------------------------------------------------------------------
+def _kill_until_gone(list_pids, rounds: int) -> int:
+    """SIGKILL what ``list_pids()`` returns until it returns nothing (a forking process may add one
+    between a listing and its kill; each round kills what the listing found). Returns how many
+    processes were found."""
     seen: set[int] = set()
     for _ in range(rounds):
-        pids = _processes_by_uid(uids)
+        pids = list_pids()
         if not pids:
             break
         for pid in pids:
@@ -111,6 +94,30 @@ def kill_uids(uids: range, rounds: int = 50) -> int:
                 pass
         time.sleep(0.01)
     return len(seen)
+
+
+def _processes_by_uid(uid_ranges: list[range]) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        uid = int(line.split()[1])  # the real uid
+                        if any(uid in uids for uids in uid_ranges):
+                            found.append(int(entry))
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def kill_uids(*uid_ranges: range, rounds: int = 50) -> int:
+    """SIGKILL every process whose real uid is in one of ``uid_ranges`` until none is left (one
+    scan of /proc per round, whatever the number of ranges). Returns how many were found."""
+    return _kill_until_gone(lambda: _processes_by_uid(list(uid_ranges)), rounds)
 
 
 class UidPool:
@@ -124,9 +131,13 @@ class UidPool:
         self.lock_dir = lock_dir
         os.makedirs(lock_dir, mode=0o700, exist_ok=True)
         self.block, self._lock_fd = self._claim()
-        self.uids = range(self.BASE + self.block * self.BLOCK_SIZE, self.BASE + (self.block + 1) * self.BLOCK_SIZE)
+        self.uids = self._block_uids(self.block)
         self._free: list[int] = []
         self._next = self.uids.start
+
+    def _block_uids(self, block: int) -> range:
+        start = self.BASE + block * self.BLOCK_SIZE
+        return range(start, start + self.BLOCK_SIZE)
 
     def _lock_path(self, block: int) -> str:
         return os.path.join(self.lock_dir, f"uid-block-{block}.lock")
@@ -150,19 +161,19 @@ class UidPool:
     def sweep_unheld_blocks(self) -> int:
         """Kill the processes of every uid block no live service holds (ours included: it was
         just claimed, so anything in it is a dead service's). Returns how many were killed."""
-        killed = kill_uids(self.uids)
-        for block in range(self.BLOCKS):
-            if block == self.block:
-                continue
-            fd = self._try_lock(block)
-            if fd is None:
-                continue  # a live service's
-            start = self.BASE + block * self.BLOCK_SIZE
-            try:
-                killed += kill_uids(range(start, start + self.BLOCK_SIZE))
-            finally:
+        unheld, locks = [self.uids], []
+        try:
+            for block in range(self.BLOCKS):
+                if block == self.block:
+                    continue
+                fd = self._try_lock(block)
+                if fd is not None:  # else a live service's
+                    locks.append(fd)
+                    unheld.append(self._block_uids(block))
+            return kill_uids(*unheld)  # held locked, so no service claims a block meanwhile
+        finally:
+            for fd in locks:
                 os.close(fd)
-        return killed
 
     def acquire(self) -> int:
         if self._free:
@@ -216,6 +227,17 @@ def _cgroup_mounts() -> dict[str, str]:
     return mounts
 
 
+def _sandbox_parents(mounts: dict[str, str]) -> tuple[int, list[str]] | None:
+    """The cgroup version and the ``or1-sandbox`` directories beside this process's own cgroup
+    (v1: in the memory and pids hierarchies; v2: one), or None without such controllers."""
+    if "memory" in mounts and "pids" in mounts:
+        return 1, [os.path.join(mounts[c], (_own_cgroup(c) or "/").lstrip("/"), "or1-sandbox")
+                   for c in ("memory", "pids")]
+    if "v2" in mounts:
+        return 2, [os.path.join(mounts["v2"], (_own_cgroup(None) or "/").lstrip("/"), "or1-sandbox")]
+    return None
+
+
 def _write(path: str, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)
@@ -235,32 +257,32 @@ class Cgroups:
 
     @classmethod
     def create(cls, service_name: str) -> tuple["Cgroups | None", str]:
-        mounts = _cgroup_mounts()
+        found = _sandbox_parents(_cgroup_mounts())
+        if found is None:
+            return None, "no cgroup filesystem with the memory and pids controllers is mounted"
+        version, parents = found
         try:
-            if "memory" in mounts and "pids" in mounts:
-                roots = [os.path.join(mounts[c], (_own_cgroup(c) or "/").lstrip("/"), "or1-sandbox", service_name)
-                         for c in ("memory", "pids")]
+            if version == 1:
+                roots = [os.path.join(parent, service_name) for parent in parents]
                 for root in roots:
                     os.makedirs(root, exist_ok=True)
                 return cls(1, roots), "cgroup v1 (memory, pids)"
-            if "v2" in mounts:
-                base = os.path.join(mounts["v2"], (_own_cgroup(None) or "/").lstrip("/"))
-                available = open(os.path.join(base, "cgroup.controllers")).read().split()
-                if not {"memory", "pids"} <= set(available):
-                    return None, f"cgroup v2 at {base} does not delegate the memory and pids controllers"
-                parent = os.path.join(base, "or1-sandbox")
-                os.makedirs(parent, exist_ok=True)
-                # a v2 cgroup with processes cannot enable controllers for children (the "no internal
-                # processes" rule); or1-sandbox/ holds none, only the service directories below it
-                _write(os.path.join(base, "cgroup.subtree_control"), "+memory +pids")
-                _write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
-                root = os.path.join(parent, service_name)
-                os.makedirs(root, exist_ok=True)
-                _write(os.path.join(root, "cgroup.subtree_control"), "+memory +pids")
-                return cls(2, [root]), "cgroup v2 (memory, pids)"
+            parent = parents[0]
+            base = os.path.dirname(parent)
+            available = open(os.path.join(base, "cgroup.controllers")).read().split()
+            if not {"memory", "pids"} <= set(available):
+                return None, f"cgroup v2 at {base} does not delegate the memory and pids controllers"
+            os.makedirs(parent, exist_ok=True)
+            # a v2 cgroup with processes cannot enable controllers for children (the "no internal
+            # processes" rule); or1-sandbox/ holds none, only the service directories below it
+            _write(os.path.join(base, "cgroup.subtree_control"), "+memory +pids")
+            _write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
+            root = os.path.join(parent, service_name)
+            os.makedirs(root, exist_ok=True)
+            _write(os.path.join(root, "cgroup.subtree_control"), "+memory +pids")
+            return cls(2, [root]), "cgroup v2 (memory, pids)"
         except OSError as exc:
             return None, f"the cgroup filesystem is not writable here ({exc})"
-        return None, "no cgroup filesystem with the memory and pids controllers is mounted"
 
     def new(self, name: str, memory_bytes: int, max_processes: int) -> "RunCgroup":
         dirs = [os.path.join(root, name) for root in self.roots]
@@ -292,14 +314,8 @@ class Cgroups:
     def sweep_dead_services(cls, is_alive) -> int:
         """Kill the processes of, and remove, the cgroup directories of services that are gone
         (``is_alive(name)`` tells a live service's directory name)."""
-        mounts, removed = _cgroup_mounts(), 0
-        parents = []
-        if "memory" in mounts and "pids" in mounts:
-            parents = [os.path.join(mounts[c], (_own_cgroup(c) or "/").lstrip("/"), "or1-sandbox")
-                       for c in ("memory", "pids")]
-        elif "v2" in mounts:
-            parents = [os.path.join(mounts["v2"], (_own_cgroup(None) or "/").lstrip("/"), "or1-sandbox")]
-        for parent in parents:
+        found, removed = _sandbox_parents(_cgroup_mounts()), 0
+        for parent in (found[1] if found else []):
             try:
                 names = os.listdir(parent)
             except OSError:
@@ -351,19 +367,14 @@ def kill_cgroup(path: str, rounds: int = 100) -> None:
             _write(os.path.join(path, "cgroup.kill"), "1")
         except OSError:
             pass
-    for _ in range(rounds):
-        try:
-            pids = [int(p) for p in open(os.path.join(path, "cgroup.procs")).read().split()]
-        except OSError:
-            return
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(0.01)
+    _kill_until_gone(lambda: _cgroup_pids(path), rounds)
+
+
+def _cgroup_pids(path: str) -> list[int]:
+    try:
+        return [int(p) for p in open(os.path.join(path, "cgroup.procs")).read().split()]
+    except OSError:
+        return []  # removed meanwhile
 
 
 def remove_cgroup_tree(path: str) -> None:
