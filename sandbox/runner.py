@@ -267,6 +267,11 @@ async def _kill_sandbox(proc: asyncio.subprocess.Process) -> None:
             children = [int(c) for c in f.read().split()]
     except OSError:
         children = []
+    if not children:
+        # killed before bubblewrap started the namespace's init (a request cancelled at once): no
+        # init to reap, so end the outer process now rather than wait for the program to finish; an
+        # init forked meanwhile dies with it (--die-with-parent) and this subreaper collects it
+        _kill_group(pid)
     for child in children:
         try:
             os.kill(child, signal.SIGKILL)
@@ -365,6 +370,11 @@ def _bwrap_started(status_fd: int) -> bool:
     return False
 
 
+def _ignore_outcome(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 async def _supervise(proc: asyncio.subprocess.Process, stdin: str, limits: Limits, timeout_s: float,
                      t0: float) -> RunResult:
     out, err = bytearray(), bytearray()
@@ -391,6 +401,7 @@ async def _supervise(proc: asyncio.subprocess.Process, stdin: str, limits: Limit
             timed_out = True
     except asyncio.CancelledError:
         readers.cancel()
+        readers.add_done_callback(_ignore_outcome)  # no "exception was never retrieved" noise
         raise
     finally:
         over_wait.cancel()

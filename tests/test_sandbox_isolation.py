@@ -283,3 +283,29 @@ def test_run_cleanup_never_blocks_the_event_loop(monkeypatch):
     monkeypatch.setattr(runner.Program, "_clean_up", recording)
     result = asyncio.run(runner.run_program("python", "print(2)"))
     assert result.stdout == "2\n" and threads == [False]
+
+
+def test_a_run_cancelled_as_it_starts_is_killed_at_once(monkeypatch):
+    """Cancelled before bubblewrap has started the namespace's init (a client that left at once):
+    the run ends within moments, not when the program would have finished (~4 s before). The
+    window is widened to a second, so the test does not depend on timing: bubblewrap is started
+    through a process that waits 1 s and then becomes it."""
+    from sandbox import runner
+
+    real = runner._bwrap
+    monkeypatch.setattr(runner, "_bwrap", lambda *args: [
+        "/usr/bin/python3", "-c", "import os, sys, time; time.sleep(1); os.execvp(sys.argv[1], sys.argv[1:])",
+        *real(*args)])
+
+    async def main() -> float:
+        task = asyncio.ensure_future(runner.run_program("python", "import time\ntime.sleep(3)\n"))
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - t0
+    latency = asyncio.run(main())
+    assert latency < 0.5, latency
+    time.sleep(1.0)
+    assert sandbox_uid_processes() == []
