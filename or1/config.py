@@ -132,14 +132,50 @@ class ModelConfig:
     num_params_b: Optional[float] = None
 
 
+class DataLayout(Choice):
+    """Where a layout keeps each field (``data.fields`` overrides any of them; see docs/data.md)."""
+
+    or1 = "or1"  # top-level prompt, answer, tests, data_source, ability
+    # verl / Skywork-OR1-RL-Data: prompt (chat messages), reward_model.ground_truth (a JSON list of
+    # acceptable answers, or a JSON object of tests), data_source, ability (math | code)
+    verl = "verl"
+
+
+class BadRows(Choice):
+    skip = "skip"  # leave bad rows out; a warning names every one (file and row) and the count
+    error = "error"  # stop at start-up, naming every bad row
+
+
+@dataclass
+class DataFieldsConfig:
+    """Where rows keep what or1 reads: dotted paths into nested fields (``reward_model.ground_truth``,
+    ``prompt.0.content``); null takes ``data.layout``'s path; "" means the rows have no such field.
+    When answer and tests name the same path (verl), a JSON object there is the tests, anything else
+    the answer."""
+
+    prompt: Optional[str] = None  # text, or a list of chat messages ({role, content})
+    answer: Optional[str] = None  # a string, or a list of acceptable answers (any one is correct)
+    tests: Optional[str] = None  # {inputs, outputs, fn_name?} or that as a JSON string (the code verifier's)
+    data_source: Optional[str] = None  # routes the reward (reward.routes) and names the source in metrics
+    ability: Optional[str] = None  # a second routing key (verl's math | code) for rows whose data_source has no route
+
+
 @dataclass
 class DataConfig:
-    train_files: list[str] = field(default_factory=list)  # jsonl files of {prompt, answer, data_source, ...}
-    val_files: list[str] = field(default_factory=list)  # held-out jsonl files scored by validation
-    prompt_key: str = "prompt"  # row field holding the user message
-    max_prompt_length: int = 1024  # tokens; longer prompts are dropped at load, with a count
-    shuffle: bool = True  # reshuffle the training prompts every epoch (seeded by trainer.seed)
-    apply_chat_template: bool = True  # wrap the prompt as one user message with the tokenizer's template
+    """Prompt data: JSONL (.jsonl), Parquet (.parquet) files and saved Hugging Face dataset
+    directories (``Dataset.save_to_disk``), mixed freely; globs (``data/*.parquet``) allowed."""
+
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)  # held-out prompts scored by validation
+    layout: DataLayout = DataLayout.or1
+    fields: DataFieldsConfig = field(default_factory=DataFieldsConfig)
+    # appended verbatim to the prompt's last user message, e.g. " Put your final answer within \\boxed{}."
+    instruction_suffix: str = ""
+    max_prompt_length: int = 1024  # tokens, chat template and suffix included; longer prompts are dropped, counted
+    dedup: bool = True  # identical prompts (within the train files, within the val files) are kept once, counted
+    bad_rows: BadRows = BadRows.skip  # invalid JSON, missing or empty prompt / answer, unparsable tests
+    shuffle: bool = True  # reshuffle the training prompts every epoch (seeded by trainer.seed, resumable)
+    apply_chat_template: bool = True  # render prompts with the tokenizer's chat template (a string is one user message)
 
 
 @dataclass
@@ -306,7 +342,8 @@ class RewardModelConfig:
     dtype: DType = DType.bfloat16
     batch_sequences: int = 16  # (prompt, response) pairs per forward pass
     max_length: int = 4096  # tokens; longer conversations are truncated
-    prompt_key: str = "prompt"  # row field holding the user message the response answers
+    # row field the model is shown as the user message (or1's prompt: text, or its last user message)
+    prompt_key: str = "prompt"
     num_cpus: float = 1
     num_gpus: float = 0
 
@@ -326,7 +363,8 @@ class RewardConfig:
     fn: str = "or1.rewards.math:score"
     # ... or, when non-empty, this weighted sum (e.g. correctness + 0.1 * format); fn is then unused
     terms: list[RewardTerm] = field(default_factory=list)
-    # data_source -> its own reward, e.g. {code: {fn: or1.rewards.code:score}}
+    # data_source -> its own reward, e.g. {code: {fn: or1.rewards.code:score}}; a row whose data_source
+    # has no route is routed by its ability (verl's math | code) when it has one
     routes: dict[str, RewardRoute] = field(default_factory=dict)
     fallback_score: float = 0.0  # a term that raises, times out or crashes scores this (counted, logged)
     # hard wall-clock limit per term and response (the worker is killed after it), for functions that
@@ -380,6 +418,20 @@ class TrainerConfig:
 
 
 @dataclass
+class OfflineFilterConfig:
+    """``python -m or1.data.filter``: the offline difficulty filter, run once before training (OR1
+    removes the prompts its starting model never or always solves). Training ignores this section;
+    ``algorithm.filter`` is the online filter. Sampling uses rollout.* (OR1: temperature 1)."""
+
+    k: int = 16  # responses sampled per prompt (OR1: 16 for math, 8 for code)
+    low: float = 0.0  # a prompt is kept when low < accuracy < high (accuracy: correct / k)
+    high: float = 1.0
+    output_dir: str = ""  # accuracy.jsonl, kept/ (the kept rows in the input's format) and summary.json
+    max_response_length: Optional[int] = None  # tokens per response; null: rollout.max_response_length (OR1: 32K)
+    chunk_prompts: int = 256  # prompts per generation round; every scored round is saved (resume point)
+
+
+@dataclass
 class OR1Config:
     recipe: str = "custom"  # the recipe's name, recorded in metrics and checkpoints
     tiny: TinyBootstrapConfig = field(default_factory=TinyBootstrapConfig)
@@ -391,6 +443,7 @@ class OR1Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    filter: OfflineFilterConfig = field(default_factory=OfflineFilterConfig)  # or1.data.filter only
 
 
 def register_configs() -> None:
@@ -413,6 +466,7 @@ RENAMED = {
     "algorithm.filter.zero_variance": "algorithm.filter.drop_zero_advantage",
     "algorithm.sample_buffer.capacity": "algorithm.sample_buffer.capacity_groups",
     "trainer.batch_size": "trainer.prompts_per_step",
+    "data.prompt_key": "data.fields.prompt",
 }
 
 

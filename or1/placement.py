@@ -95,6 +95,24 @@ def plan_placement(cfg: OR1Config) -> PlacementPlan:
     return PlacementPlan(str(t.placement), t.nnodes, gpn, learners, slots)
 
 
+def plan_engines_only(cfg: OR1Config) -> PlacementPlan:
+    """vLLM engines and no learner (``or1.data.filter``): engine j on GPUs [j*t, (j+1)*t), or on CPU cores."""
+    t, engines, tp = cfg.trainer, cfg.rollout.num_engines, cfg.rollout.tensor_parallel_size
+    if engines < 1 or tp < 1 or t.nnodes < 1 or t.gpus_per_node < 0:
+        raise ValueError("rollout.num_engines, rollout.tensor_parallel_size and trainer.nnodes must be >= 1")
+    if t.gpus_per_node == 0:
+        if tp != 1:
+            raise ValueError("rollout.tensor_parallel_size > 1 needs GPUs (trainer.gpus_per_node > 0)")
+        return PlacementPlan("cpu", t.nnodes, 0, [], [Slot("rollout", j, cpus=cfg.rollout.num_cpus)
+                                                       for j in range(engines)])
+    gpn, total = t.gpus_per_node, t.nnodes * t.gpus_per_node
+    if gpn % tp or engines * tp > total:
+        raise ValueError(f"{engines} engines x rollout.tensor_parallel_size={tp} GPUs need {engines * tp} GPUs, each "
+                         f"engine's on one node; trainer.nnodes x trainer.gpus_per_node = {t.nnodes} x {gpn}")
+    return PlacementPlan("split", t.nnodes, gpn, [], [Slot("rollout", j, list(range(j * tp, (j + 1) * tp)),
+                                                          cfg.rollout.num_cpus) for j in range(engines)])
+
+
 # --- memory estimate --------------------------------------------------------------------------
 @dataclass
 class ModelShape:
@@ -326,6 +344,8 @@ def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0,
             scheduling_strategy=at(s, capture=plan.mode != "cpu")).remote(
             cfg.model.path, cfg.rollout, cfg.trainer.seed + s.index, *gpu_args))
     rollouts = RolloutGroup(engines)
+    if not plan.learners:  # engines only (or1.data.filter)
+        return Workers(LearnerGroup([]), rollouts, groups)
     if plan.mode != "cpu":
         # vLLM needs total x gpu_memory_utilization free on its GPUs when it starts (it sizes its KV
         # cache then): the engines start, and colocated ones fall asleep, before any learner allocates.

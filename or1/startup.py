@@ -7,7 +7,9 @@ any actor:
    and bad choices are refused earlier, when Hydra composes the config: ``or1.train``); paths made
    absolute on the driver; the installed vLLM and Ray against the tested versions (a warning);
 2. the tiny recipe's data, written if missing (inside ``trainer.output_dir`` only);
-3. data files: they exist and parse, every row has its prompt (errors name file and line);
+3. data files (JSONL, Parquet, saved datasets): they exist and parse, rows are mapped to or1's
+   fields, bad rows skipped or refused (``data.bad_rows``; each named by file and row), identical
+   prompts removed, all counted (``or1.data.rows``);
 4. ``model.path``: a local model directory, or a hub name that is cached or on the hub (a
    missing path is "does not exist", naming it, not a hub error);
 5. the resume target (``trainer.resume`` / ``trainer.init_from``) resolves, and is a checkpoint
@@ -37,7 +39,9 @@ from omegaconf import OmegaConf
 
 from or1.checkpoint import STATE_FILE, resolve_resume
 from or1.config import ConfigError, LearnerBackend, OR1Config, Placement, TinyTask, validate_config
-from or1.data.dataset import DataRows, PromptDataset, read_rows
+from or1.data.dataset import PromptDataset
+from or1.data.rows import DataRows, load_rows, write_data_report
+from or1.data.sources import DataError
 from or1.placement import PlacementPlan, plan_placement
 from or1.rewards.manager import RewardManager
 from or1.trainer import Components, Trainer
@@ -76,9 +80,7 @@ def preflight(cfg: OR1Config, reward_pool=None) -> Preflight:
         raise ConfigError(str(exc)) from None
     if cfg.tiny.enabled:
         write_tiny_data(cfg)
-    d = cfg.data
-    train_rows = read_rows(d.train_files, d.prompt_key, "data.train_files")
-    val_rows = read_rows(d.val_files, d.prompt_key, "data.val_files") if d.val_files else None
+    train_rows, val_rows = read_data(cfg)
     create_tiny_model = cfg.tiny.enabled and not Path(cfg.model.path).exists() and _inside_output_dir(
         cfg, cfg.model.path)
     if not create_tiny_model:
@@ -118,10 +120,12 @@ def build(cfg: OR1Config) -> Trainer:
         if checked.resume_from is not None and checked.create_tiny_model:
             check_resume_compatible(checked.resume_from, cfg)  # the model did not exist at preflight
         d = cfg.data
-        train_data = PromptDataset.from_rows(checked.train_rows, tokenizer, d.prompt_key, d.max_prompt_length,
-                                             d.apply_chat_template)
-        val_data = (PromptDataset.from_rows(checked.val_rows, tokenizer, d.prompt_key, d.max_prompt_length,
-                                            d.apply_chat_template) if checked.val_rows else None)
+        train_data = PromptDataset.from_rows(checked.train_rows, tokenizer, d.max_prompt_length,
+                                             d.apply_chat_template, "data.train_files")
+        val_data = (PromptDataset.from_rows(checked.val_rows, tokenizer, d.max_prompt_length,
+                                            d.apply_chat_template, "data.val_files") if checked.val_rows else None)
+        write_data_report(Path(cfg.trainer.output_dir) / "data_report.json",
+                          {"train": train_data.report, "val": val_data.report if val_data else None})
         marker = write_shared_fs_marker(cfg.trainer.output_dir)
         on_close.append(lambda: marker.unlink(missing_ok=True))
         t0 = time.time()
@@ -167,6 +171,21 @@ def write_tiny_data(cfg: OR1Config) -> None:
         for f in files:
             if f in missing:
                 write_jsonl(rows, f)
+
+
+def read_data(cfg: OR1Config, with_val: bool = True) -> tuple[DataRows, DataRows | None]:
+    """The training (and validation) rows, checked (``or1.data.rows.load_rows``); message prompts
+    without the chat template are refused here, before anything starts."""
+    d = cfg.data
+    train = load_rows(d, d.train_files, "data.train_files")
+    val = load_rows(d, d.val_files, "data.val_files") if d.val_files and with_val else None
+    if not d.apply_chat_template:
+        for name, rows in (("data.train_files", train), ("data.val_files", val)):
+            for row, ref in zip(rows.rows if rows else [], rows.refs if rows else []):
+                if not isinstance(row["prompt"], str):
+                    raise DataError(f"{name}: {ref} has a prompt of chat messages but data.apply_chat_template="
+                                    "false; set it to true (messages are rendered with the chat template)")
+    return train, val
 
 
 def create_tiny_model(cfg: OR1Config) -> None:

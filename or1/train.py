@@ -69,14 +69,16 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "
                      "--info", "-i", "--experimental-rerun"}
 
 
-def _translate_argv(argv: list[str]) -> list[str]:
-    """``recipe=NAME`` -> Hydra's ``--config-name NAME``; the run directory is the output dir.
+def _translate_argv(argv: list[str], default_recipe: str | None = DEFAULT_RECIPE,
+                    run_dir: str = "${trainer.output_dir}") -> list[str]:
+    """``recipe=NAME`` -> Hydra's ``--config-name NAME``; the run directory is ``run_dir``.
 
+    With no ``recipe=`` and no ``default_recipe``, the bare schema (``or1_config``) is composed.
     Flags go before overrides: Hydra's argparse takes its positional overrides in one run.
     """
     from or1.config import renamed_keys_hint
 
-    recipe, flags, rest = DEFAULT_RECIPE, [], []
+    recipe, flags, rest = default_recipe, [], []
     args = iter(argv)
     for arg in args:
         if arg.startswith("recipe="):
@@ -87,7 +89,7 @@ def _translate_argv(argv: list[str]) -> list[str]:
             flags.append(arg)
         else:
             rest.append(arg)
-    if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
+    if recipe is not None and not (RECIPES_DIR / f"{recipe}.yaml").is_file():
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not p.stem.startswith("_"))
         raise SystemExit(f"unknown recipe {recipe!r}; recipes in {RECIPES_DIR}: {', '.join(known)}")
     hint = renamed_keys_hint(rest)
@@ -95,8 +97,9 @@ def _translate_argv(argv: list[str]) -> list[str]:
         raise SystemExit(f"or1: {hint}")
     if ("--cfg" in flags or "-c" in flags) and "--resolve" not in flags:
         flags.append("--resolve")  # print values, not ${...} interpolations
-    extra = [] if any(a.startswith("hydra.run.dir=") for a in rest) else ["hydra.run.dir=${trainer.output_dir}"]
-    return [*flags, "--config-name", recipe, f"recipe={recipe}", *extra, *rest]
+    extra = [] if any(a.startswith("hydra.run.dir=") for a in rest) else [f"hydra.run.dir={run_dir}"]
+    name = ["--config-name", recipe, f"recipe={recipe}"] if recipe is not None else ["--config-name", "or1_config"]
+    return [*flags, *name, *extra, *rest]
 
 
 def main() -> None:

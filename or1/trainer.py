@@ -106,6 +106,7 @@ class Trainer:
         os.makedirs(self.output_dir, exist_ok=True)
         algo = cfg.algorithm
         self.sampler = EpochSampler(len(self.train_data), seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.data_fingerprint = self.train_data.fingerprint()  # a resumed run checks it trains on the same prompts
         self.entropy = make_entropy_bonus(algo.entropy)
         self.buffer = SelectiveSampleBuffer(algo.sample_buffer.capacity_groups) if algo.sample_buffer.enabled else None
         self.step = 0
@@ -370,6 +371,7 @@ class Trainer:
             "step": self.step,
             "stage": self.stage_limit()[0],
             "sampler": self.sampler.state_dict(),  # data position and the mastered-prompt set
+            "data_fingerprint": self.data_fingerprint,
             "entropy_controller": self.entropy.state_dict(),
             "sample_buffer": self.buffer.state_dict() if self.buffer is not None else None,
             "run_id": self.run_id,
@@ -380,11 +382,16 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
         sampler = state["sampler"]
-        if sampler.get("size", self.sampler.size) != self.sampler.size:
-            log.warning("the training data changed (%d prompts, checkpoint had %d): the data order and the "
-                        "mastered-prompt set restart", self.sampler.size, sampler["size"])
+        saved_fingerprint = state.get("data_fingerprint", self.data_fingerprint)
+        if sampler.get("size", self.sampler.size) != self.sampler.size or saved_fingerprint != self.data_fingerprint:
+            log.warning("the training data changed (%d prompts, checkpoint had %d; fingerprint %s, checkpoint had "
+                        "%s): the data order and the mastered-prompt set restart", self.sampler.size,
+                        sampler.get("size", self.sampler.size), self.data_fingerprint, saved_fingerprint)
         else:
             self.sampler.load_state_dict(sampler)
+            log.info("data order resumed: epoch %d, prompt %d of %d (trainer.seed=%d), %d prompts mastered",
+                     self.sampler.epoch, self.sampler.position, self.sampler.size, self.cfg.trainer.seed,
+                     len(self.sampler.mastered))
         self.entropy.load_state_dict(state["entropy_controller"])
         if self.buffer is not None and state.get("sample_buffer"):
             self.buffer.load_state_dict(state["sample_buffer"])

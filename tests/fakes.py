@@ -39,8 +39,8 @@ def config(tmp_path, **overrides) -> OR1Config:
     return OmegaConf.to_object(cfg)
 
 
-def dataset(num_prompts: int, data_source: str = "math") -> PromptDataset:
-    rows = [{"prompt": f"p{i}", "answer": "1", "data_source": data_source} for i in range(num_prompts)]
+def dataset(num_prompts: int, data_source: str = "math", prefix: str = "p") -> PromptDataset:
+    rows = [{"prompt": f"{prefix}{i}", "answer": "1", "data_source": data_source} for i in range(num_prompts)]
     return PromptDataset(rows, [[PROMPT_BASE + i] for i in range(num_prompts)])
 
 

@@ -75,3 +75,19 @@ def test_bad_inputs_are_refused_in_seconds_before_the_tiny_model_is_built(tmp_pa
     assert "Traceback" not in proc.stderr  # one line naming the input, not a stack
     assert not (tmp_path / "run" / "tiny_model").exists()  # refused before the minutes-long bootstrap
     assert elapsed < 45
+
+
+def test_the_filter_command_refuses_bad_inputs_in_seconds(tmp_path):
+    """``python -m or1.data.filter`` composes the schema (or a recipe) and checks before starting anything."""
+    def run_filter_cli(*args):
+        return subprocess.run([sys.executable, "-m", "or1.data.filter", *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path, env=ENV)
+
+    proc = run_filter_cli("model.path=m", "data.train_files=[t.jsonl]", "filter.k=4")
+    assert proc.returncode == 2 and "filter.output_dir is not set" in proc.stderr, proc.stderr
+    (tmp_path / "t.jsonl").write_text('{"prompt": "1+1", "answer": "2"}\n')
+    proc = run_filter_cli("recipe=math7b_stage1", "data.train_files=[t.jsonl]", f"filter.output_dir={tmp_path}/o",
+                          "filter.low=0.9", "filter.high=0.1")
+    assert proc.returncode == 2 and "0 <= low < high <= 1" in proc.stderr, proc.stderr
+    proc = run_filter_cli("model.path=/no/model", "data.train_files=[t.jsonl]", f"filter.output_dir={tmp_path}/o")
+    assert proc.returncode == 2 and "model.path='/no/model' does not exist" in proc.stderr, proc.stderr

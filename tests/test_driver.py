@@ -273,6 +273,30 @@ def test_checkpoint_and_resume_reproduce_the_uninterrupted_steps(tmp_path):
         [u["input_ids"].tolist() for u in straight.learners.updates[len(first.learners.updates):]]
 
 
+def test_a_resume_on_other_prompts_restarts_the_data_order(tmp_path, caplog):
+    """Same number of prompts, other prompts: the saved position would point into other data."""
+    from tests.fakes import CharTokenizer, ExactRewards, RecordingLearners, ScriptedRollouts, dataset
+
+    from or1.trainer import Components, Trainer
+
+    cfg = config(tmp_path, **{"trainer.total_steps": 2})
+    first = make_trainer(cfg, mixed, num_prompts=10)
+    first.fit()
+    ckpt = first.checkpoints.latest()
+
+    def resume_on(prefix):
+        parts = Components(RecordingLearners(), ScriptedRollouts(mixed), ExactRewards(), CharTokenizer(),
+                           dataset(10, prefix=prefix))
+        return Trainer(config(tmp_path, **{"trainer.total_steps": 3}), parts, resume_from=ckpt)
+
+    same = resume_on("p")
+    assert same.sampler.position == first.sampler.position == 4 and same.step == 2
+    with caplog.at_level("WARNING", logger="or1"):
+        other = resume_on("q")
+    assert other.sampler.position == 0 and other.sampler.epoch == 0 and other.step == 2
+    assert "the training data changed" in caplog.text
+
+
 def test_tokens_are_what_the_fake_says(tmp_path):
     """The fakes themselves: a right response starts with "1", fillers follow, the limit cuts."""
     trainer = make_trainer(config(tmp_path), lambda i, n: [Outcome(True, length=3)] * n)

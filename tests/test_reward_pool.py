@@ -144,6 +144,19 @@ def test_manager_routes_weights_and_falls_back(tmp_path):
     assert out.items == 6 and out.failed == 1 and "no exclamation" in out.first_failure
 
 
+def test_rows_without_a_data_source_route_are_routed_by_their_ability(tmp_path):
+    (tmp_path / "mine.py").write_text("def judge(response, sample):\n    return 0.0\n")
+    judge = f"{tmp_path / 'mine.py'}:judge"
+    cfg = RewardConfig(fn=MATH, routes={"code": RewardRoute(fn=judge),
+                                        "LeetCode": RewardRoute(fn="or1.rewards.math:format_score")})
+    manager = RewardManager(cfg, pool=object())
+    fn_of = lambda row: [t.fn for t in manager.terms_for(row)]
+    assert fn_of({"data_source": "TACO", "ability": "code"}) == [judge]
+    assert fn_of({"data_source": "LeetCode", "ability": "code"}) == ["or1.rewards.math:format_score"]  # source first
+    assert fn_of({"data_source": "NuminaMath", "ability": "math"}) == [MATH]
+    assert fn_of({"data_source": ""}) == [MATH]
+
+
 def test_manager_rejects_bad_terms_at_construction(tmp_path):
     with pytest.raises(RewardConfigError, match=r"reward.routes.x.fn='or1.rewards.math:nope'"):
         RewardManager(RewardConfig(routes={"x": RewardRoute(fn="or1.rewards.math:nope")}), pool=object())

@@ -60,11 +60,20 @@ def test_every_recipe_starts_up_short_of_the_actors(tmp_path, monkeypatch, tiny_
     """config -> placement plan -> data checks -> model path -> resume target -> reward manager
     (routes, sandbox) -> each term tried on a real row. The OR1 recipes crashed here before."""
     monkeypatch.chdir(tmp_path)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     math_rows = [{"prompt": "1+2?", "answer": "3", "data_source": "math"}]
-    for f in ("data/or1/math.jsonl", "data/or1/aime24.jsonl", "data/or1/aime25.jsonl",
-              "outputs/tiny_cpu/data/train.jsonl", "outputs/tiny_cpu/data/val.jsonl"):
+    for f in ("outputs/tiny_cpu/data/train.jsonl", "outputs/tiny_cpu/data/val.jsonl"):
         write_jsonl(f, math_rows)
-    write_jsonl("data/or1/code.jsonl", [{"prompt": "add", "data_source": "code", "tests": TESTS}])
+    # the OR1 recipes read Skywork-OR1-RL-Data's layout (verl): messages, reward_model.ground_truth, ability
+    def verl(content, truth, source, ability):
+        return {"data_source": source, "prompt": [{"role": "user", "content": content}], "ability": ability,
+                "reward_model": {"ground_truth": truth, "style": "rule"}}
+    os.makedirs("data/or1")
+    for f in ("math", "aime24", "aime25"):
+        pq.write_table(pa.Table.from_pylist([verl("1+2?", '["3"]', "math-src", "math")]), f"data/or1/{f}.parquet")
+    pq.write_table(pa.Table.from_pylist([verl("add", TESTS, "LeetCode", "code")]), "data/or1/code.parquet")
     shutil.copytree(tiny_model, "outputs/tiny_cpu/tiny_model")
     for name in RECIPES:
         fake_checkpoint(f"outputs/{name}", tiny_model)  # every stage's predecessor "ran"
@@ -80,7 +89,8 @@ def test_every_recipe_starts_up_short_of_the_actors(tmp_path, monkeypatch, tiny_
                 assert checked.train_rows.rows, name
                 if name.startswith(("7b", "32b")):
                     assert [t.fn for t in checked.rewards.routes["code"]] == [CODE], name
-                    assert checked.rewards.terms_for({"data_source": "code"})[0].fn == CODE
+                    code_rows = [r for r in checked.train_rows.rows if r.get("ability") == "code"]
+                    assert code_rows and checked.rewards.terms_for(code_rows[0])[0].fn == CODE, name
                 if "_stage" in name and not name.endswith("stage1"):
                     assert checked.resume_from is not None, name  # init_from resolved
             finally:
@@ -116,16 +126,25 @@ def quick(tmp_path, **overrides):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer"\n', r"bad.jsonl:2 is not valid JSON"),
-    ('{"prompt": "a"}\n\n{"question": "b"}\n', r"bad.jsonl:3 has no prompt field 'prompt' \(data.prompt_key\)"),
-    ('{"prompt": ""}\n', r"bad.jsonl:1 has an empty or non-string prompt field"),
-    ('["a", "b"]\n', r"bad.jsonl:1 is a JSON list, not an object"),
+    ('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer"\n', r"bad.jsonl line 2: invalid JSON"),
+    ('{"prompt": "a"}\n\n{"question": "b"}\n',
+     r"bad.jsonl line 1: no answer or tests\n  .*bad.jsonl line 3: no prompt"),
+    ('{"prompt": ""}\n', r"bad.jsonl line 1: empty prompt"),
+    ('["a", "b"]\n', r"bad.jsonl line 1: a JSON list, not an object"),
 ])
 def test_bad_data_rows_are_named_by_file_and_line(tmp_path, content, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
     with pytest.raises(DataError, match=message):
-        preflight(quick(tmp_path, **{"data.train_files": [str(bad)]}), reward_pool=object())
+        preflight(quick(tmp_path, **{"data.train_files": [str(bad)], "data.bad_rows": "error"}), reward_pool=object())
+
+
+def test_message_prompts_without_the_chat_template_are_refused_before_anything_starts(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"prompt": [{"role": "user", "content": "1+2"}], "answer": "3"}) + "\n")
+    with pytest.raises(DataError, match=r"chat.jsonl:1 has a prompt of chat messages but data.apply_chat_template"):
+        preflight(quick(tmp_path, **{"data.train_files": [str(data)], "data.apply_chat_template": False}),
+                  reward_pool=object())
 
 
 def test_a_missing_data_file_names_the_field_and_the_path(tmp_path):

@@ -1,4 +1,6 @@
-"""After a weight push every vLLM engine's log-probs equal the learners'; before it, with changed
+"""Two real vLLM engines (Ray actors, tiny model), shared by the module's tests:
+
+1. After a weight push every vLLM engine's log-probs equal the learners'; before it, with changed
 weights, they do not.
 
 Real Ray actors: two FSDP2 learner ranks (gloo) and two vLLM engines. vLLM runs in float32 so
@@ -6,6 +8,11 @@ the tolerance can be tight: 1e-4 nats per token (measured: ~4e-7). The learners'
 optimizer step that changes every parameter, the tied embedding / LM head included (vLLM's CPU
 path keeps a packed copy of that head, which a naive reload leaves stale). The push goes in
 buckets far smaller than the model, so partial reloads must leave the other layers intact.
+
+2. The offline difficulty filter (``or1.data.filter.run_filter``) on these engines and a real reward
+pool, on a Parquet file in verl's layout: interrupted after its first round, then resumed. (The
+whole command, killed with SIGKILL and run again, is ``tests/test_filter_e2e.py``, marked long: each
+start of the command pays for a new vLLM engine.)
 """
 
 import pytest
@@ -23,18 +30,26 @@ TOL = 1e-4
 pytestmark = pytest.mark.slow
 
 
-def test_bucketed_push_makes_every_engine_match_the_learners(tiny_model, ray_local):
+@pytest.fixture(scope="module")
+def engines(tiny_model, ray_local):
+    from or1.workers.rollout import RolloutWorker
+
+    rollout_cfg = RolloutConfig(max_model_len=64, dtype="float32", gpu_memory_utilization=0.05,
+                                cpu_kvcache_space_gib=1, enforce_eager=True)
+    group = RolloutGroup([ray_local.remote(num_cpus=0.5)(RolloutWorker).remote(str(tiny_model), rollout_cfg, seed)
+                          for seed in range(2)])
+    yield group
+    for actor in group.actors:
+        ray_local.kill(actor)
+
+
+def test_bucketed_push_makes_every_engine_match_the_learners(tiny_model, ray_local, engines):
     ray = ray_local
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from or1.workers.learner import Learner
-    from or1.workers.rollout import RolloutWorker
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    rollout_cfg = RolloutConfig(max_model_len=64, dtype="float32", gpu_memory_utilization=0.05,
-                                cpu_kvcache_space_gib=1, enforce_eager=True)
-    engines = RolloutGroup([ray.remote(num_cpus=0.5)(RolloutWorker).remote(str(tiny_model), rollout_cfg, seed)
-                            for seed in range(2)])
     port = free_port()
     learners = LearnerGroup([ray.remote(num_cpus=0.5)(Learner).remote(
         ModelConfig(path=str(tiny_model)), OptimConfig(lr=1e-2, weight_decay=0.0), None,
@@ -78,5 +93,73 @@ def test_bucketed_push_makes_every_engine_match_the_learners(tiny_model, ray_loc
     learner_sum = float(ray.get([a.full_parameters.remote() for a in learners.actors])[0][embed].double().sum())
     for sums in engines.weight_checksums([embed]):
         assert sums[embed] == pytest.approx(learner_sum, rel=1e-9, abs=1e-6)
-    for actor in engines.actors + learners.actors:
+    for actor in learners.actors:
         ray.kill(actor)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAfter:
+    """The engines, interrupted when generation round ``rounds + 1`` starts."""
+
+    def __init__(self, engines, rounds: int):
+        self.engines, self.rounds, self.prompts = engines, rounds, []
+
+    def generate(self, prompt_token_ids, *args):
+        if self.rounds == 0:
+            raise Interrupted()
+        self.rounds -= 1
+        self.prompts.append(len(prompt_token_ids))
+        return self.engines.generate(prompt_token_ids, *args)
+
+
+def test_offline_filter_on_real_engines_resumes_after_an_interruption(tiny_model, engines, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    from or1.data.dataset import PromptDataset
+    from or1.data.filter import run_filter
+    from or1.data.rows import load_rows
+    from or1.rewards.manager import RewardManager
+    from tests.fakes import config
+
+    from .test_filter_e2e import first_byte_even
+
+    rows = [{"data_source": "arith", "prompt": [{"role": "user", "content": f"{i}+{i + 1}"}], "ability": "math",
+             "reward_model": {"ground_truth": json.dumps([str(2 * i + 1)]), "style": "rule"},
+             "extra_info": {"index": i}} for i in range(24)]
+    data_file = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data_file)
+    cfg = config(tmp_path, **{
+        "model.path": str(tiny_model), "data.train_files": [str(data_file)], "data.layout": "verl",
+        "filter.k": 4, "filter.low": 0.25, "filter.high": 1.0, "filter.chunk_prompts": 8,
+        "filter.output_dir": str(tmp_path / "filtered"), "rollout.max_response_length": 4,
+        "reward.fn": f"{first_byte_even.__code__.co_filename}:first_byte_even", "reward.num_workers": 1})
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    data = PromptDataset.from_rows(load_rows(cfg.data, cfg.data.train_files, "data.train_files"), tok, 16)
+    rewards = RewardManager(cfg.reward, run_dir=str(tmp_path))
+    try:
+        with pytest.raises(Interrupted):
+            run_filter(cfg, data, StopAfter(engines, 1), rewards, tok, max_tokens=4)
+        out = tmp_path / "filtered"
+        first = (out / "accuracy.jsonl").read_text().splitlines()
+        assert len(first) == 8
+        resumed = StopAfter(engines, 99)
+        result = run_filter(cfg, data, resumed, rewards, tok, max_tokens=4)
+    finally:
+        rewards.close()
+    assert resumed.prompts == [8, 8] and result.scored_now == 16  # the first round was not redone
+    lines = (out / "accuracy.jsonl").read_text().splitlines()
+    assert lines[:8] == first
+    records = [json.loads(line) for line in lines]
+    assert [r["row"] for r in records] == list(range(24)) and {r["k"] for r in records} == {4}
+    assert len({r["correct"] for r in records}) >= 3, "the reward does not spread: the thresholds test nothing"
+    kept = pq.read_table(out / "kept" / "train.parquet")
+    assert kept.schema == pq.read_table(data_file).schema  # the input's format, nested fields included
+    expected = [r["row"] for r in records if 0.25 < r["accuracy"] < 1]
+    assert [r["extra_info"]["index"] for r in kept.to_pylist()] == expected and 0 < len(expected) < 24

@@ -1,69 +1,34 @@
-"""Prompt datasets and the epoch-based prompt sampler."""
+"""Tokenized prompt datasets and the epoch-based prompt sampler (rows come from ``or1.data.rows``)."""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from or1.data.rows import DataReport, DataRows, prompt_key
+from or1.data.sources import DataError, RowRef
+
+__all__ = ["DataError", "EpochSampler", "PromptDataset", "render_prompt"]
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
-    """A data file or row that cannot be used; the message names the file and row."""
+def render_prompt(tokenizer, prompt, apply_chat_template: bool) -> list[int]:
+    """Token ids of the prompt the policy sees (the chat template's generation prompt included).
 
-
-@dataclass
-class DataRows:
-    """Rows read from data files, with where each came from (``file:line``) for error messages."""
-
-    rows: list[dict]
-    where: list[str]
-
-
-def read_rows(files: list[str], prompt_key: str, field_name: str = "data.train_files") -> DataRows:
-    """Read and check jsonl rows: every file exists and parses, every row is an object with a
-    non-empty string under ``prompt_key``. Cheap (no tokenizer): run before anything expensive.
-    Raises ``DataError`` naming ``field_name``, the file and the line."""
-    if not files:
-        raise DataError(f"{field_name} is empty: give at least one jsonl file")
-    rows, where = [], []
-    for f in files:
-        path = Path(f)
-        if not path.is_file():
-            raise DataError(f"{field_name}: data file {f!r} does not exist"
-                            + (f" (relative to {Path.cwd()})" if not path.is_absolute() else ""))
-        with open(path) as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{f}:{line_no} is not valid JSON ({exc})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{f}:{line_no} is a JSON {type(row).__name__}, not an object with a "
-                                    f"{prompt_key!r} field")
-                prompt = row.get(prompt_key)
-                if not isinstance(prompt, str) or not prompt.strip():
-                    problem = "has no" if prompt_key not in row else "has an empty or non-string"
-                    raise DataError(f"{f}:{line_no} {problem} prompt field {prompt_key!r} (data.prompt_key); "
-                                    f"its fields: {sorted(row)[:12]}")
-                rows.append(row)
-                where.append(f"{f}:{line_no}")
-    if not rows:
-        raise DataError(f"{field_name}: no rows in {files}")
-    return DataRows(rows, where)
-
-
-def render_prompt(tokenizer, text: str, apply_chat_template: bool) -> list[int]:
-    """Token ids of the prompt the policy sees (the chat template's generation prompt included)."""
+    ``prompt``: text (one user message) or chat messages. Without the chat template a text is
+    tokenized as it is; messages need the template (``DataError`` otherwise)."""
     if apply_chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                             add_generation_prompt=True, tokenize=False)
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    elif isinstance(prompt, str):
+        text = prompt
+    else:
+        raise DataError("a prompt is a list of chat messages but data.apply_chat_template=false; set it to true "
+                        "(messages are rendered with the tokenizer's chat template)")
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -73,30 +38,40 @@ class PromptDataset:
 
     rows: list[dict]
     prompt_ids: list[list[int]]
-    dropped_too_long: int = 0
-    where: list[str] = field(default_factory=list)  # file:line of each row
+    refs: list[RowRef] = field(default_factory=list)  # where each row came from (file, row number)
+    report: DataReport | None = None
 
     @classmethod
-    def from_rows(cls, data: DataRows, tokenizer, prompt_key: str, max_prompt_length: int,
-                  apply_chat_template: bool = True) -> "PromptDataset":
-        rows, ids, where, dropped = [], [], [], 0
-        for row, at in zip(data.rows, data.where):
-            p = render_prompt(tokenizer, row[prompt_key], apply_chat_template)
+    def from_rows(cls, data: DataRows, tokenizer, max_prompt_length: int, apply_chat_template: bool = True,
+                  field_name: str = "data.train_files") -> "PromptDataset":
+        rows, ids, refs = [], [], []
+        for row, ref in zip(data.rows, data.refs):
+            p = render_prompt(tokenizer, row["prompt"], apply_chat_template)
             if len(p) > max_prompt_length:
-                dropped += 1
                 continue
             rows.append(row)
             ids.append(p)
-            where.append(at)
-        if dropped:
-            log.warning("dropped %d of %d prompts longer than %d tokens (data.max_prompt_length)", dropped,
-                        dropped + len(rows), max_prompt_length)
+            refs.append(ref)
+        report = replace(data.report, too_long=len(data.rows) - len(rows), prompts=len(rows))
+        log.info("%s", report.summary(field_name))
+        if report.too_long:
+            log.warning("%s: dropped %d of %d prompts longer than %d tokens (data.max_prompt_length)", field_name,
+                        report.too_long, len(data.rows), max_prompt_length)
         if not rows:
-            raise DataError(f"every prompt is longer than data.max_prompt_length={max_prompt_length} tokens")
-        return cls(rows, ids, dropped, where)
+            raise DataError(f"{field_name}: every prompt is longer than data.max_prompt_length={max_prompt_length} "
+                            "tokens")
+        return cls(rows, ids, refs, report)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def fingerprint(self) -> str:
+        """Identifies the prompts and their order: a resumed run checks it is on the same data."""
+        digest = hashlib.sha1()
+        for row in self.rows:
+            digest.update(prompt_key(row["prompt"]).encode())
+            digest.update(b"\0")
+        return digest.hexdigest()[:16]
 
 
 @dataclass

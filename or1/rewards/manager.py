@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from or1.config import RewardConfig, RewardRoute, RewardTerm
+from or1.data.rows import prompt_text
 from or1.rewards import code as code_reward
 from or1.rewards.loader import RewardConfigError, load_reward_fn, reward_hook, reward_value
 from or1.rewards.pool import ItemResult, RewardPool, RewardWorkerStartError
@@ -215,7 +216,11 @@ class RewardManager:
             ray.get(actor.__ray_ready__.remote())
 
     def terms_for(self, row: dict) -> list[RewardTerm]:
-        return self.routes.get(row.get("data_source", ""), self.default_terms)
+        """The route of the row's data_source, else of its ability (verl's math | code), else the default."""
+        terms = self.routes.get(row.get("data_source", ""))
+        if terms is None and "ability" in row:
+            terms = self.routes.get(row["ability"])
+        return self.default_terms if terms is None else terms
 
     def deadline_s(self, term: RewardTerm, row: dict) -> float:
         """The item's deadline: the function's ``deadline_s`` hook if it has one, else reward.timeout_s."""
@@ -236,7 +241,7 @@ class RewardManager:
             index = next((i for i, row in enumerate(rows) if self.terms_for(row) is terms), None)
             if index is None:
                 if source is not None:
-                    log.info("reward.routes.%s: no row has data_source %r", source, source)
+                    log.info("reward.routes.%s: no row has data_source or ability %r", source, source)
                 continue
             probes += [(t, index) for t in terms if not t.fn.startswith(RM_PREFIX)]
         results = self.pool.score_batch([(t.fn, dict(t.kwargs), "", rows[i]) for t, i in probes],
@@ -321,7 +326,7 @@ class RewardManager:
             if name not in self.reward_models:
                 raise RuntimeError("reward models are not started; call start_reward_models() first")
             key = self.cfg.reward_models[name].prompt_key
-            calls[name] = self.reward_models[name].score.remote([str(rows[i].get(key, "")) for _, i in pairs],
+            calls[name] = self.reward_models[name].score.remote([prompt_text(rows[i].get(key, "")) for _, i in pairs],
                                                                 [responses[i] for _, i in pairs])
         for name, ref in calls.items():
             try:

@@ -7,7 +7,8 @@ Grading (OR1's rule, made explicit):
    saying "answer is" / "Answer:"), ``last_number`` (the last number in the text), ``whole``
    (the whole graded text, left to math-verify's own extraction).
 3. Correct if the extracted answer equals the gold string, else if math-verify finds the gold,
-   wrapped in ``\\boxed{}`` (wrapping makes it parse as LaTeX), equivalent to the answer.
+   wrapped in ``\\boxed{}`` (wrapping makes it parse as LaTeX), equivalent to the answer. A list
+   of gold answers (Skywork-OR1's data) is correct if any one of them is.
 
 Binary reward. ``format_score`` is a separate reward for combining (weight it by configuration).
 Run it through ``or1.rewards.pool.RewardPool`` (the trainer does): math-verify can take unbounded
@@ -76,24 +77,28 @@ def _timeouts() -> int | None:
 
 
 def is_correct(response: str, gold, fallbacks=DEFAULT_FALLBACKS) -> bool:
+    """Whether the response's final answer matches ``gold``: one answer, or a list of acceptable
+    ones (any match counts; the response is extracted and parsed once)."""
     from math_verify import parse, verify
 
     answer, how = extract_answer(answer_text(response), fallbacks)
-    gold = str(gold).strip()
+    golds = [str(g).strip() for g in (gold if isinstance(gold, (list, tuple)) else [gold])]
     if answer is None or len(answer) > MAX_ANSWER_CHARS:
         return False
-    if answer == gold:
+    if answer in golds:
         return True
     timeout = _timeouts()
     candidate = answer if how == "whole" else "\\boxed{" + answer + "}"
     parsed = parse(candidate, parsing_timeout=timeout)
     if not parsed:
         return False
-    return bool(verify(parse("\\boxed{" + gold + "}", parsing_timeout=timeout), parsed, timeout_seconds=timeout))
+    return any(verify(parse("\\boxed{" + g + "}", parsing_timeout=timeout), parsed, timeout_seconds=timeout)
+               for g in golds)
 
 
 def score(response: str, sample: dict, fallbacks=DEFAULT_FALLBACKS) -> float:
-    """1.0 if the response's final answer equals ``sample["answer"]``, else 0.0."""
+    """1.0 if the response's final answer equals ``sample["answer"]`` (or, when that is a list of
+    acceptable answers, any one of them), else 0.0."""
     return 1.0 if is_correct(response, sample["answer"], tuple(fallbacks)) else 0.0
 
 
