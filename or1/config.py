@@ -81,8 +81,9 @@ class Placement(Choice):
 
 class LoggerKind(Choice):
     console = "console"
-    jsonl = "jsonl"
+    jsonl = "jsonl"  # metrics.jsonl is written whatever the list says
     wandb = "wandb"
+    tensorboard = "tensorboard"  # <trainer.output_dir>/tensorboard
 
 
 class WandbMode(Choice):
@@ -197,9 +198,12 @@ class RolloutConfig:
     # 2: weights and KV cache freed (every push rewrites all weights, so keeping them is waste; vLLM keeps
     # its buffers on the host); 1: weights copied to host memory, KV cache freed
     sleep_level: int = 2
-    vllm_log_level: str = "WARNING"  # VLLM_LOGGING_LEVEL inside the actor unless already set
-    val_n: int = 1  # samples per validation prompt
+    # VLLM_LOGGING_LEVEL of the engines (unless set in the environment); null: ERROR, WARNING with trainer.verbose
+    vllm_log_level: Optional[str] = None
+    val_n: int = 1  # samples per validation prompt: the k of val/<data_source>/avg@k and pass@k
     val_temperature: float = 0.0  # 0: greedy validation (then val_n > 1 repeats the same answer)
+    # validation's response limit (tokens), the same at every validation; null: the longest stage's limit
+    val_max_response_length: Optional[int] = None
 
 
 @dataclass
@@ -392,6 +396,14 @@ class TrainerConfig:
     val_before_train: bool = True
     loggers: list[LoggerKind] = field(
         default_factory=lambda: [LoggerKind.console, LoggerKind.jsonl, LoggerKind.wandb])
+    # sampled (prompt, response, reward, correct, ...) rows written per step to samples.jsonl (and a wandb table)
+    log_samples: int = 0
+    # live progress (phase, counts, ETAs): redrawn every second on a terminal; into a file or pipe, a plain
+    # line once a phase has run this many seconds and every this many seconds while it goes on
+    progress_interval_s: float = 30.0
+    # third-party notices (vLLM, torch, DeepSpeed, Ray, Python warnings) at their own levels; false: the ones
+    # every actor repeats (platform, kernel and deprecation notices) are off, errors always shown
+    verbose: bool = False
     wandb_mode: WandbMode = WandbMode.offline
     project: str = "or1"
     experiment_name: str = "run"
@@ -432,6 +444,19 @@ class OfflineFilterConfig:
 
 
 @dataclass
+class EvalConfig:
+    """``python -m or1.eval``: avg@k and pass@k of a model on ``data.val_files``, per data source.
+    Training ignores this section (its validation uses rollout.val_*)."""
+
+    k: int = 8  # samples per problem (OR1 reports avg@32 on AIME24/25, avg@4 on LiveCodeBench)
+    temperature: float = 1.0  # OR1 evaluates at temperature 1
+    top_p: float = 1.0
+    # tokens per response; null: rollout.val_max_response_length, else the longest stage's limit
+    max_response_length: Optional[int] = None
+    output: str = "eval.json"  # the summary (JSON); per-problem results go beside it: <name>.problems.jsonl
+
+
+@dataclass
 class OR1Config:
     recipe: str = "custom"  # the recipe's name, recorded in metrics and checkpoints
     tiny: TinyBootstrapConfig = field(default_factory=TinyBootstrapConfig)
@@ -444,6 +469,7 @@ class OR1Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     filter: OfflineFilterConfig = field(default_factory=OfflineFilterConfig)  # or1.data.filter only
+    eval: EvalConfig = field(default_factory=EvalConfig)  # or1.eval only
 
 
 def register_configs() -> None:
@@ -559,6 +585,8 @@ def validate_config(cfg: OR1Config) -> list[str]:
 
     need(t.total_steps >= 0, f"trainer.total_steps must be >= 0, got {t.total_steps}")
     need(t.prompts_per_step >= 1, f"trainer.prompts_per_step must be >= 1, got {t.prompts_per_step}")
+    need(t.log_samples >= 0, f"trainer.log_samples must be >= 0 (0: none), got {t.log_samples}")
+    need(t.progress_interval_s > 0, f"trainer.progress_interval_s must be > 0, got {t.progress_interval_s}")
     need(r.n >= 1, f"rollout.n must be >= 1, got {r.n}")
     need(r.val_n >= 1, f"rollout.val_n must be >= 1, got {r.val_n}")
     need(r.temperature >= 0 and r.val_temperature >= 0, "rollout.temperature and rollout.val_temperature must be >= 0")
@@ -604,10 +632,13 @@ def validate_config(cfg: OR1Config) -> list[str]:
         need(bool(route.fn) or bool(route.terms),
              f"reward.routes.{source} names no reward: give it fn: <function> or terms: [...]")
     need(t.resume in ("auto", "off") or bool(t.resume), "trainer.resume must be auto, off or a path")
-    longest = max([st.max_response_length for st in a.stages], default=r.max_response_length)
+    longest = max(max([st.max_response_length for st in a.stages] or [r.max_response_length]),
+                  r.val_max_response_length or 0)
     needed = cfg.data.max_prompt_length + longest
     need(r.max_model_len >= needed, f"rollout.max_model_len={r.max_model_len} cannot hold data.max_prompt_length + "
-                                    f"the longest response limit = {needed}")
+                                    f"the longest response limit (stages, rollout.val_max_response_length) = {needed}")
+    need(r.val_max_response_length is None or r.val_max_response_length >= 1,
+         "rollout.val_max_response_length must be >= 1 (or null: the longest stage's limit)")
     if errors:
         raise ConfigError("inconsistent settings:\n  " + "\n  ".join(errors))
 

@@ -1,5 +1,6 @@
-"""Per-step metrics: one console line, ``metrics.jsonl``, and optionally wandb (offline by default);
-and ``PhaseTimer``, the one way the driver times its phases."""
+"""Per-step metrics: one console line, ``metrics.jsonl``, optionally wandb (offline by default) and
+TensorBoard, sampled responses (``samples.jsonl``); and ``PhaseTimer``, the one way the driver times
+its phases."""
 
 from __future__ import annotations
 
@@ -27,62 +28,148 @@ _CONSOLE = [
 class PhaseTimer:
     """Wall-clock seconds per phase, summed over every entry: ``with timer.phase("generate"): ...``.
 
-    ``metrics()`` gives ``time/<phase>`` for every phase entered (refill rounds add up).
+    ``metrics()`` gives ``time/<phase>`` for every phase entered (refill rounds add up). With a
+    ``progress`` (``or1.progress.Progress``) every phase is also shown live, with its ``detail``
+    (counts: "256 prompts x 16").
     """
 
-    def __init__(self) -> None:
+    def __init__(self, progress=None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.progress = progress
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str, detail: str = "") -> Iterator[None]:
         start = time.perf_counter()
+        if self.progress is not None:
+            self.progress.enter(name, detail)
         try:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - start
+            if self.progress is not None:
+                self.progress.exit(name)
 
     def metrics(self) -> dict[str, float]:
         return {f"time/{name}": seconds for name, seconds in self.seconds.items()}
 
 
 class MetricsLogger:
+    """Every step's metrics to ``metrics.jsonl`` (always) and to the configured backends: console,
+    wandb (the same ``run_id`` continues the same wandb run), TensorBoard (``<output_dir>/tensorboard``).
+    A backend that cannot start or fails while logging is reported once and switched off: a lost
+    dashboard never stops training. ``log_samples`` appends to ``samples.jsonl`` (and a wandb table).
+    On resume (``resume_step``) records after that step, written by the interrupted run, are dropped."""
+
     def __init__(self, output_dir: str, backends: list[str], run_config: dict | None = None,
                  wandb_mode: str = "offline", project: str = "or1", name: str = "run",
                  run_id: str | None = None, resume_step: int | None = None):
-        unknown = {str(b) for b in backends} - {"console", "jsonl", "wandb"}
+        unknown = {str(b) for b in backends} - set(BACKENDS)
         if unknown:
-            raise ValueError(f"unknown loggers {sorted(unknown)}; use console, jsonl, wandb")
-        self.backends = [str(b) for b in backends]
+            raise ValueError(f"unknown loggers {sorted(unknown)}; use {', '.join(BACKENDS)}")
+        self.backends = {str(b) for b in backends} | {"jsonl"}
         self.path = Path(output_dir) / "metrics.jsonl"
+        self.samples_path = Path(output_dir) / "samples.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.exists():
-            # steps after the checkpoint will be logged again: drop the interrupted run's copies
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self._wandb = None
+        if resume_step is not None:
+            for path in (self.path, self.samples_path):
+                _drop_after(path, resume_step)
+        self._wandb = self._tensorboard = None
         if "wandb" in self.backends and str(wandb_mode) != "disabled":
-            import wandb
+            self._wandb = self._start("wandb", lambda: _wandb_run(output_dir, wandb_mode, project, name, run_id,
+                                                                   run_config))
+        if "tensorboard" in self.backends:
+            self._tensorboard = self._start("tensorboard", lambda: _tensorboard_writer(output_dir, resume_step))
 
-            # the same id on resume continues the same wandb run
-            self._wandb = wandb.init(project=project, name=name, dir=str(output_dir), mode=str(wandb_mode),
-                                     config=run_config or {}, id=run_id, resume="allow")
+    def _start(self, backend: str, start):
+        try:
+            return start()
+        except Exception as exc:  # noqa: BLE001 - a dashboard must not stop training
+            log.warning("logger %s could not start (%s: %s); training goes on without it", backend,
+                        type(exc).__name__, exc)
+            return None
+
+    def _guard(self, backend: str, write) -> None:
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - a dashboard must not stop training
+            log.warning("logger %s failed (%s: %s) and is switched off; metrics.jsonl goes on", backend,
+                        type(exc).__name__, exc)
+            if backend == "wandb":
+                self._wandb = None
+            elif backend == "tensorboard":
+                self._tensorboard = None
+            else:
+                self.backends.discard(backend)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{k: _plain(v) for k, v in sorted(metrics.items())}}
         if "jsonl" in self.backends:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            self._guard("jsonl", lambda: _append(self.path, [record]))
         if "console" in self.backends:
             parts = [f"step {step}"]
             parts += [f"{label} {metrics[k]:{fmt}}" for k, label, fmt in _CONSOLE if k in metrics]
             log.info(" | ".join(parts))
         if self._wandb is not None:
-            self._wandb.log(record, step=step)
+            self._guard("wandb", lambda: self._wandb.log(record, step=step))
+        if self._tensorboard is not None:
+            def write():
+                for k, v in record.items():
+                    if k != "step" and isinstance(v, float):
+                        self._tensorboard.add_scalar(k, v, step)
+                self._tensorboard.flush()
+            self._guard("tensorboard", write)
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """Sampled (prompt, response, reward, ...) rows of one step: ``samples.jsonl`` and a wandb table."""
+        if not rows:
+            return
+        records = [{"step": step, **row} for row in rows]
+        self._guard("jsonl", lambda: _append(self.samples_path, records))
+        if self._wandb is not None:
+            def write():
+                import wandb
+
+                columns = list(records[0])
+                table = wandb.Table(columns=columns, data=[[json.dumps(r[c]) if isinstance(r[c], (dict, list))
+                                                            else r[c] for c in columns] for r in records])
+                self._wandb.log({"samples": table}, step=step)
+            self._guard("wandb", write)
 
     def close(self) -> None:
         if self._wandb is not None:
-            self._wandb.finish()
+            self._guard("wandb", self._wandb.finish)
+        if self._tensorboard is not None:
+            self._guard("tensorboard", self._tensorboard.close)
+
+
+BACKENDS = ("console", "jsonl", "wandb", "tensorboard")
+
+
+def _wandb_run(output_dir, mode, project, name, run_id, run_config):
+    import wandb
+
+    # the same id continues the same wandb run (a resume); a new id starts a new one (init_from)
+    return wandb.init(project=project, name=name, dir=str(output_dir), mode=str(mode), config=run_config or {},
+                      id=run_id, resume="allow")
+
+
+def _tensorboard_writer(output_dir, resume_step):
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step: events after the checkpoint, written by the interrupted run, are hidden
+    return SummaryWriter(str(Path(output_dir) / "tensorboard"),
+                         purge_step=resume_step + 1 if resume_step is not None else None)
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _drop_after(path: Path, step: int) -> None:
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _plain(v):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 
 from or1.config import DType, OR1Config, Placement
@@ -362,6 +363,34 @@ def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0,
         master_addr=master_addr, master_port=port, seed=cfg.trainer.seed, shared_fs_marker=shared_fs_marker)
         for s in plan.learners]
     return Workers(LearnerGroup(learners), rollouts, groups)
+
+
+class LazyEngines:
+    """vLLM engines without learners (``or1.data.filter``, ``or1.eval``), started at the first
+    ``generate``: a command with nothing left to sample (a finished filter run again with other
+    thresholds) starts none."""
+
+    def __init__(self, cfg: OR1Config, plan: PlacementPlan, on_start=lambda: None):
+        self.cfg, self.plan, self.on_start, self.workers = cfg, plan, on_start, None
+
+    def generate(self, *args, **kwargs):
+        if self.workers is None:
+            import ray
+
+            from or1.startup import connect_ray
+
+            connect_ray(self.cfg)
+            check_cluster(self.plan, ray.nodes())
+            t0 = time.time()
+            self.workers = start_workers(self.cfg, self.plan)
+            self.on_start()  # reward models (rm: terms) are Ray actors too
+            ray.get([a.ready.remote() for a in self.workers.rollouts.actors])
+            log.info("%d vLLM engine(s) ready in %.1fs", len(self.workers.rollouts.actors), time.time() - t0)
+        return self.workers.rollouts.generate(*args, **kwargs)
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.remove()
 
 
 def free_port() -> int:

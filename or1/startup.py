@@ -72,6 +72,7 @@ def preflight(cfg: OR1Config, reward_pool=None) -> Preflight:
     the reward manager starts its own."""
     t0 = time.time()
     validate_config(cfg)
+    quiet_third_party(cfg)
     make_paths_absolute(cfg)
     check_stack_versions()
     try:
@@ -179,12 +180,13 @@ def read_data(cfg: OR1Config, with_val: bool = True) -> tuple[DataRows, DataRows
     d = cfg.data
     train = load_rows(d, d.train_files, "data.train_files")
     val = load_rows(d, d.val_files, "data.val_files") if d.val_files and with_val else None
-    if not d.apply_chat_template:
-        for name, rows in (("data.train_files", train), ("data.val_files", val)):
-            for row, ref in zip(rows.rows if rows else [], rows.refs if rows else []):
-                if not isinstance(row["prompt"], str):
-                    raise DataError(f"{name}: {ref} has a prompt of chat messages but data.apply_chat_template="
-                                    "false; set it to true (messages are rendered with the chat template)")
+    for name, split in (("data.train_files", train), ("data.val_files", val)):
+        if split is None or d.apply_chat_template:
+            continue
+        chat = next((ref for row, ref in zip(split.rows, split.refs) if not isinstance(row["prompt"], str)), None)
+        if chat is not None:
+            raise DataError(f"{name}: {chat} has a prompt of chat messages but data.apply_chat_template=false; set "
+                            "it to true (messages are rendered with the chat template)")
     return train, val
 
 
@@ -197,7 +199,8 @@ def create_tiny_model(cfg: OR1Config) -> None:
     train, _ = generate_splits(t.n_train, t.n_val, max_operand=t.max_operand, seed=t.seed)
     log.info("creating the tiny model at %s (%d warm-up steps)", cfg.model.path, t.warmup_steps)
     create(cfg.model.path, TinySpec(hidden_size=t.hidden_size, num_layers=t.num_layers, seed=t.seed),
-           warmup_steps=t.warmup_steps, warmup_rows=train, warmup_lr=t.warmup_lr, label_noise=t.label_noise)
+           warmup_steps=t.warmup_steps, warmup_rows=train, warmup_lr=t.warmup_lr, label_noise=t.label_noise,
+           log_every=max(1, t.warmup_steps // 10))  # ten progress lines with an ETA: minutes on a loaded machine
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -325,13 +328,43 @@ def connect_ray(cfg: OR1Config) -> None:
     if ray.is_initialized():
         return
     address = cfg.trainer.ray_address
+    if not cfg.trainer.verbose:
+        for handler in logging.getLogger("ray").handlers:
+            handler.addFilter(_drop_ray_notices)
     try:
         ray.init(address=address or "local", num_cpus=None if address else cfg.trainer.ray_num_cpus,
-                 include_dashboard=False, logging_level=logging.WARNING)
+                 include_dashboard=False, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": worker_environment(cfg)})
     except ConnectionError as e:
         raise StartupError(f"trainer.ray_address={address!r}: no running Ray cluster reachable ({e}). Start one "
                            "(`ray start --head` here, `ray start --address=HEAD:6379` on the other nodes) or set "
                            "trainer.ray_address=null to start a local Ray") from None
+
+
+def worker_environment(cfg: OR1Config) -> dict[str, str]:
+    """Environment of the run's Ray workers: third-party notices repeated by every actor (vLLM's
+    platform and kernel notices, torch's C++ and Python deprecation warnings, DeepSpeed's
+    accelerator guess) are off unless ``trainer.verbose``. Variables set by the user win."""
+    env = {"VLLM_LOGGING_LEVEL": cfg.rollout.vllm_log_level or ("WARNING" if cfg.trainer.verbose else "ERROR")}
+    if not cfg.trainer.verbose:
+        env.update({"PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning",
+                    "TORCH_CPP_LOG_LEVEL": "ERROR"})
+        if cfg.trainer.gpus_per_node == 0:
+            env["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed would guess, without saying so from every rank
+    return {k: v for k, v in env.items() if k not in os.environ}
+
+
+def quiet_third_party(cfg: OR1Config) -> None:
+    """The same environment for this process and its children (reward workers, a local Ray): the
+    driver imports DeepSpeed too, and local Ray workers inherit it."""
+    os.environ.update(worker_environment(cfg))
+
+
+RAY_NOTICES = ("Token authentication is enabled",)
+
+
+def _drop_ray_notices(record: logging.LogRecord) -> bool:
+    return not any(n in record.getMessage() for n in RAY_NOTICES)
 
 
 ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",

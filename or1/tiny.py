@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from or1.progress import duration
+
+log = logging.getLogger("or1")
 
 HEAD_DIM = 64
 PAD, EOS, UNK = "<pad>", "<|endoftext|>", "<unk>"
@@ -141,6 +146,7 @@ def supervised_warmup(model, tokenizer, rows: list[dict], steps: int, batch_size
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
+    t0 = time.time()
     for step in range(steps):
         batch = [(p, target(a)) for p, a in (encoded[rng.randrange(len(encoded))] for _ in range(batch_size))]
         length = max(len(p) + len(a) for p, a in batch)
@@ -161,7 +167,10 @@ def supervised_warmup(model, tokenizer, rows: list[dict], steps: int, batch_size
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"warm-up step {step}: loss {loss.item():.4f}", flush=True)
+            elapsed = time.time() - t0
+            left = elapsed / (step + 1) * (steps - step - 1)
+            log.info("tiny model warm-up: step %d/%d, loss %.4f, %s so far, ~%s left", step + 1, steps, loss.item(),
+                     duration(elapsed), duration(left))
     model.eval()
 
 
@@ -243,6 +252,7 @@ def main() -> None:
                    help="fraction of warm-up targets replaced by near misses (the tiny_cpu recipe uses 0.3)")
     p.add_argument("--max-operand", type=int, default=49, help="arithmetic operands are 0..max")
     a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = TinySpec(hidden_size=a.hidden_size, num_layers=a.layers, seed=a.seed)
     space = (a.max_operand + 1) ** 2
     train, val = generate_splits(min(2000, space - 200), 200, max_operand=a.max_operand, seed=0)

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,9 @@ from or1.batch import Group, batch_from_groups, group_rows, select_rows
 from or1.checkpoint import FAULT_ENV, STATE_FILE, CheckpointDirs
 from or1.config import OR1Config
 from or1.data.dataset import EpochSampler, PromptDataset
+from or1.evaluation import ALL, score_problems, summarize
 from or1.metrics import MetricsLogger, PhaseTimer
+from or1.progress import NoProgress, Progress
 from or1.rewards.manager import RewardScores
 
 log = logging.getLogger("or1")
@@ -112,8 +115,12 @@ class Trainer:
         self.step = 0
         self.run_id = uuid.uuid4().hex[:12]
         self.failed_reward_steps = 0  # consecutive steps in which every reward failed
+        self.step_samples: list[dict] = []  # trainer.log_samples rows of the last step
+        self.progress: Progress = NoProgress()  # live only inside fit()
         self.checkpoints = CheckpointDirs(self.output_dir)
         resumed = self.resume(resume_from)
+        if resumed and not Path(resume_from).resolve().is_relative_to(Path(self.output_dir).resolve()):
+            self.run_id = uuid.uuid4().hex[:12]  # trainer.init_from: a new run (and wandb run) from that policy
         if not resumed and self.rollouts.asleep:
             self.sync_weights()  # engines started asleep (colocated; level 2 dropped their weights)
         run_config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
@@ -132,10 +139,10 @@ class Trainer:
 
     def generate_and_score(self, data: PromptDataset, indices: list[int], n: int, temperature: float,
                            seeds: list[int], max_tokens: int, timer: PhaseTimer) -> tuple[list, RewardScores]:
-        with timer.phase("generate"):
+        with timer.phase("generate", f"{len(indices)} prompts x {n}"):
             samples = self.rollouts.generate([data.prompt_ids[i] for i in indices], n, temperature,
                                              self.cfg.rollout.top_p, max_tokens, seeds)
-        with timer.phase("reward"):
+        with timer.phase("reward", f"{len(samples)} responses"):
             texts = self.tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
             scored = self.rewards.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
         return samples, scored
@@ -214,6 +221,28 @@ class Trainer:
         })
         return kept, generated, RewardScores.concat(scores), stats
 
+    def sample_rows(self, groups: list[Group], scored: RewardScores) -> list[dict]:
+        """``trainer.log_samples`` of this step's responses, spread evenly over all generated ones:
+        prompt (as the policy saw it), response, reward, correctness, advantage and each term's score."""
+        count = self.cfg.trainer.log_samples
+        flat = [(g, j) for g in groups for j in range(g.size)]
+        if count <= 0 or not flat:
+            return []
+        picks = sorted({int(round(x)) for x in np.linspace(0, len(flat) - 1, num=min(count, len(flat)))})
+        chosen = [flat[k] for k in picks]
+        prompts = self.tokenizer.batch_decode([g.prompt_ids for g, _ in chosen], skip_special_tokens=False)
+        responses = self.tokenizer.batch_decode([g.responses[j] for g, j in chosen], skip_special_tokens=True)
+        rows = []
+        for k, (g, j), prompt, response in zip(picks, chosen, prompts, responses):
+            row = self.train_data.rows[g.prompt_index] if g.prompt_index >= 0 else {}
+            rows.append({"prompt_index": g.prompt_index, "data_source": row.get("data_source", ""),
+                         "prompt": prompt, "response": response, "reward": float(g.rewards[j]),
+                         "correct": bool(g.correct[j]), "truncated": bool(g.truncated[j]),
+                         "response_tokens": len(g.responses[j]),
+                         "advantage": float(g.advantages[j]) if g.advantages is not None else None,
+                         "terms": scored.details[k] if k < len(scored.details) else {}})
+        return rows
+
     def mix_in_buffer(self, groups: list[Group], informative_frac: float) -> tuple[list[Group], int]:
         """Selective Sample Buffer: replay stored groups into a starved batch, then store this one's."""
         sb = self.cfg.algorithm.sample_buffer
@@ -243,9 +272,10 @@ class Trainer:
                                 f"and, for code, the sandbox service")
 
     def train_step(self) -> dict[str, float]:
-        timer = PhaseTimer()
-        with timer.phase("step"):
-            metrics = self._train_step(timer)
+        timer = PhaseTimer(self.progress)
+        start = time.perf_counter()
+        metrics = self._train_step(timer)
+        timer.seconds["step"] = time.perf_counter() - start
         metrics.update(timer.metrics())
         return metrics
 
@@ -254,6 +284,7 @@ class Trainer:
         stage, max_tokens = self.stage_limit()
         kept, generated, scored, filter_stats = self.collect_groups(max_tokens, timer)
         self.check_reward_failures(scored)
+        self.step_samples = self.sample_rows(generated, scored)
         train_groups, n_replayed = self.mix_in_buffer(kept, filter_stats["filter/informative_frac"])
         metrics = {
             **generated_metrics(generated), **scored.metrics(), **filter_stats, **trained_metrics(train_groups),
@@ -274,7 +305,7 @@ class Trainer:
         if self.parts.sleep_rollouts:
             with timer.phase("rollout_sleep"):
                 self.rollouts.sleep(self.cfg.rollout.sleep_level)
-        with timer.phase("old_log_prob"):
+        with timer.phase("old_log_prob", f"{len(fresh)} sequences"):
             batch["old_log_probs"] = self.learners.compute_log_probs(batch)
             if algo.kl.enabled:
                 batch["ref_log_probs"] = self.learners.compute_log_probs(batch, reference=True)
@@ -286,10 +317,10 @@ class Trainer:
         measured = fresh_mask if fresh_mask.sum() > 0 else mask
         rollout_entropy = -(batch["old_log_probs"] * measured).sum().item() / max(measured.sum().item(), 1.0)
         entropy_coef = self.entropy.coef_for(rollout_entropy)
-        with timer.phase("update"):
+        with timer.phase("update", f"{len(train_groups)} groups"):
             actor_metrics = self.run_updates(batch, [g.size for g in train_groups], entropy_coef)
         self.entropy.observe(rollout_entropy)
-        with timer.phase("sync"):
+        with timer.phase("sync", "weights to vLLM"):
             sync_stats = self.sync_weights()
         metrics.update({
             "adv/abs_mean": batch["advantages"].abs().mean().item(),
@@ -326,38 +357,67 @@ class Trainer:
             self.rollouts.wake_up(["kv_cache"])
         return stats
 
+    def val_max_tokens(self) -> int:
+        """Validation's response limit: ``rollout.val_max_response_length``, else the longest stage's
+        (the same at every step, so validations along a run compare)."""
+        r = self.cfg.rollout
+        return r.val_max_response_length or longest_response_limit(self.cfg)
+
     def validate(self) -> dict[str, float]:
+        """avg@k and pass@k (k = ``rollout.val_n``) per data source (``val/<source>/avg@k``) and over
+        every validation problem (``val/avg@k``, also ``val/acc``); see ``or1.evaluation``."""
         if self.val_data is None:
             return {}
-        timer = PhaseTimer()
+        timer = PhaseTimer(self.progress)
         indices = list(range(len(self.val_data)))
         r = self.cfg.rollout
         seeds = sampling_seeds(self.cfg.trainer.seed, 0, len(indices), VAL_STREAM)  # same every validation
-        with timer.phase("validate"):
+        with timer.phase("validate", f"{len(indices)} problems x {r.val_n}"):
             samples, scored = self.generate_and_score(self.val_data, indices, r.val_n, r.val_temperature, seeds,
-                                                      self.stage_limit()[1], timer)
-        return {"val/acc": scored.correct.mean().item(), "val/reward": scored.rewards.mean().item(),
-                "val/response_length": float(np.mean([len(s.token_ids) for s in samples])),
-                "time/validate": timer.seconds["validate"]}
+                                                      self.val_max_tokens(), timer)
+        problems = score_problems(samples, scored.correct, scored.rewards, r.val_n,
+                                  [row.get("data_source", "") for row in self.val_data.rows])
+        k = r.val_n
+        metrics = {"val/acc": scored.correct.mean().item(), "val/reward": scored.rewards.mean().item(),
+                   "val/response_length": float(np.mean([len(s.token_ids) for s in samples])),
+                   "time/validate": timer.seconds["validate"]}
+        for source, figures in summarize(problems, k).items():
+            prefix = "val" if source == ALL else f"val/{source or 'none'}"
+            metrics[f"{prefix}/avg@{k}"] = figures[f"avg@{k}"]
+            metrics[f"{prefix}/pass@{k}"] = figures[f"pass@{k}"]
+        return metrics
 
     # --- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, dict[str, float]]:
+        cfg = self.cfg.trainer
+        self.progress = Progress(cfg.total_steps, self.step, interval_s=cfg.progress_interval_s).start()
+        try:
+            return self._fit()
+        finally:
+            self.progress.close()
+            self.progress = NoProgress()
+
+    def _fit(self) -> dict[str, dict[str, float]]:
         cfg = self.cfg.trainer
         first_val = self.validate() if cfg.val_before_train and self.step == 0 else {}
         if first_val:
             self.logger.log(0, first_val)
         last_val: dict[str, float] = first_val
         while self.step < cfg.total_steps:
+            self.progress.begin_step(self.step)
             metrics = self.train_step()
             self.step += 1
+            self.logger.log_samples(self.step, self.step_samples)
             if self.step == cfg.total_steps or (cfg.val_every and self.step % cfg.val_every == 0):
                 last_val = self.validate()
                 metrics.update(last_val)
             self.logger.log(self.step, metrics)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.total_steps:
                 self.save_checkpoint()
+            self.progress.end_step()
         if cfg.save_final:
-            path = self.learners.save_hf(os.path.join(self.output_dir, "final"), self.cfg.model.path)
+            with PhaseTimer(self.progress).phase("export", "final policy"):
+                path = self.learners.save_hf(os.path.join(self.output_dir, "final"), self.cfg.model.path)
             with open(os.path.join(path, STATE_FILE), "w") as f:
                 json.dump(self.state_dict(), f)
             log.info("final policy and trainer state written to %s", path)
@@ -399,8 +459,8 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """A complete, atomic checkpoint of this step (see or1/checkpoint.py for the layout)."""
-        timer = PhaseTimer()
-        with timer.phase("checkpoint"):
+        timer = PhaseTimer(self.progress)
+        with timer.phase("checkpoint", f"step {self.step}"):
             tmp = self.checkpoints.begin(self.step)
             self.learners.save_checkpoint(str(tmp))  # shards, per-rank state, hf/ (config + tokenizer)
             if os.environ.get(FAULT_ENV) == f"after_shards:{self.step}":
@@ -429,6 +489,11 @@ class Trainer:
                 close()
             except Exception as exc:  # noqa: BLE001 - shutting down: report, go on with the rest
                 log.warning("shutdown: %r", exc)
+
+
+def longest_response_limit(cfg: OR1Config) -> int:
+    """The longest response limit of the run: of its stages, or rollout.max_response_length."""
+    return max([st.max_response_length for st in cfg.algorithm.stages], default=cfg.rollout.max_response_length)
 
 
 def generated_metrics(groups: list[Group]) -> dict[str, float]:

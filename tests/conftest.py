@@ -33,12 +33,15 @@ def free_port() -> int:
 
 def run_training(out, *overrides: str, timeout: float = 1200) -> list[dict]:
     """``python -m or1.train`` into ``out`` with ``overrides``; its metrics.jsonl records (fails
-    the test with the run's output tail if it did not finish)."""
+    the test with the run's output tail if it did not finish). The console output is kept in
+    ``out/console.txt``."""
     import json
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}  # set above for in-process tests
     proc = subprocess.run([sys.executable, "-m", "or1.train", *overrides, f"trainer.output_dir={out}"],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (out / "console.txt").write_text(proc.stdout + proc.stderr)  # what the user saw, for tests to read
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

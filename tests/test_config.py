@@ -27,7 +27,7 @@ def typed(*overrides, recipe="tiny_cpu") -> OR1Config:
 
 @pytest.mark.parametrize("override, message", [
     ("algorithm.truncation_mask=sometimes", "expected one of \\[none, before, after\\]"),
-    ("trainer.loggers=[console,tensorboard]", "'tensorboard', expected one of \\[console, jsonl, wandb\\]"),
+    ("trainer.loggers=[console,mlflow]", "'mlflow', expected one of \\[console, jsonl, wandb, tensorboard\\]"),
     ("learner.backend=megatron", "expected one of \\[fsdp, deepspeed\\]"),
     ("algorithm.entropy.mode=sometimes", "expected one of \\[adaptive, fixed\\]"),
     ("trainer.total_steps=many", "total_steps"),

@@ -243,6 +243,40 @@ def test_validation_uses_its_own_samples_and_seeds(tmp_path):
     assert len(val_calls) == 2 and val_calls[0]["seeds"] == val_calls[1]["seeds"] and val_calls[0]["n"] == 2
 
 
+def test_validation_reports_avg_and_pass_at_k_per_source_at_a_fixed_length(tmp_path):
+    """Two validation sources are not pooled into one figure; every validation uses the longest
+    stage's response limit, whatever the stage of the moment."""
+    from tests.fakes import CharTokenizer, ExactRewards, RecordingLearners, ScriptedRollouts, dataset
+
+    from or1.data.dataset import PromptDataset
+    from or1.trainer import Components, Trainer
+
+    cfg = config(tmp_path, **{"rollout.val_n": 4, "rollout.n": 2, "rollout.val_temperature": 1.0,
+                              "trainer.val_before_train": True,
+                              "trainer.total_steps": 1, "rollout.max_model_len": 64,
+                              "algorithm.stages": [{"steps": 1, "max_response_length": 4},
+                                                   {"steps": 1, "max_response_length": 16}]})
+    val = dataset(4)
+    val = PromptDataset([{**row, "data_source": "aime24" if i < 2 else "aime25"} for i, row in enumerate(val.rows)],
+                        val.prompt_ids)
+    # val prompt 0: 3 of 4 right, 1: none, 2 and 3: all right
+    right = {0: [True, True, True, False], 1: [False] * 4, 2: [True] * 4, 3: [True] * 4}
+    rollouts = ScriptedRollouts(lambda i, n: [Outcome(r) for r in right[i]] if n == 4 else mixed(i, n))
+    trainer = Trainer(cfg, Components(RecordingLearners(), rollouts, ExactRewards(), CharTokenizer(), dataset(8),
+                                      val))
+    m = trainer.validate()
+    assert m["val/aime24/avg@4"] == pytest.approx(3 / 8) and m["val/aime24/pass@4"] == 0.5
+    assert m["val/aime25/avg@4"] == 1.0 and m["val/aime25/pass@4"] == 1.0
+    assert m["val/avg@4"] == m["val/acc"] == pytest.approx(11 / 16) and m["val/pass@4"] == 0.75
+    trainer.fit()
+    val_limits = [c["max_tokens"] for c in rollouts.calls if c["n"] == 4]
+    train_limits = [c["max_tokens"] for c in rollouts.calls if c["n"] != 4]
+    assert val_limits == [16, 16, 16] and train_limits == [4]  # stage 0 trains at 4 tokens, validation at 16
+    cfg.rollout.val_max_response_length = 8
+    trainer.validate()
+    assert rollouts.calls[-1]["max_tokens"] == 8
+
+
 # --- checkpoint state: a resumed driver continues exactly ----------------------------------------
 def test_checkpoint_and_resume_reproduce_the_uninterrupted_steps(tmp_path):
     overrides = {"trainer.total_steps": 4, "algorithm.sample_buffer.enabled": True,

@@ -35,6 +35,36 @@ def test_tiny_recipe_runs_end_to_end_and_learns(tmp_path):
     late = sum(r["reward/mean"] for r in train[-20:]) / 20
     assert late > early, (early, late)
 
+    import json
+
+    report = json.loads((out / "data_report.json").read_text())  # what loading kept and removed, counted
+    assert report["train"]["rows_read"] == report["train"]["prompts"] == 2000 and report["val"]["prompts"] == 200
+    assert report["train"]["bad_rows"] == {} and report["train"]["duplicates"] == 0
+
+    # a quiet console: or1's lines, not every actor's third-party notices; the warm-up said how far it was
+    console = (out / "console.txt").read_text()
+    for notice in ("Token authentication is enabled", "FutureWarning", "Setting accelerator to CPU",
+                   "Enforce eager set", "libtcmalloc is not found", "Model Runner V2 requires Triton"):
+        assert notice not in console, notice
+    # vLLM's engine subprocesses each warn about Triton while importing vLLM, before its logging is set up
+    assert console.count("Triton is installed") <= 2
+    assert "tiny model warm-up: step 900/900" in console and "left" in console
+
+    # the run's report: every chart drawn, none blank
+    import matplotlib.image
+
+    from or1.report import write_report
+
+    page = write_report(out)
+    images = sorted(page.parent.glob("*.png"))
+    assert [p.stem for p in images] == ["entropy", "filter", "length", "reward", "time", "validation"]
+    for image in images:
+        rgb = matplotlib.image.imread(image)[..., :3]
+        colored = ((rgb.max(-1) - rgb.min(-1)) > 0.3).mean()  # curves are coloured; empty axes are grey
+        assert rgb.shape[0] > 300 and colored > 0.002, (image, colored)
+        assert image.name in page.read_text()
+    assert "val/avg@8" in page.read_text()  # the summary table: first and last validation
+
     from transformers import AutoModelForCausalLM
 
     final = AutoModelForCausalLM.from_pretrained(out / "final")

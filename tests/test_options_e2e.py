@@ -96,6 +96,7 @@ def test_options_set_b(tmp_path):
         "algorithm.entropy.fixed_coef=0.01", "algorithm.filter.drop_zero_advantage=false",
         "algorithm.kl.enabled=true", "algorithm.kl.estimator=k2", "rollout.max_response_length=2",
         "learner.backend=deepspeed", "learner.num_workers=2", "learner.num_cpus=0.5", "learner.torch_threads=1",
+        "trainer.log_samples=4", "trainer.loggers=[console,tensorboard]",
     )
     steps = [r for r in records if "reward/mean" in r]
     for r in steps:
@@ -103,3 +104,8 @@ def test_options_set_b(tmp_path):
         assert r["actor/entropy_coef"] == 0.01
         assert r["filter/groups_kept"] == r["filter/groups_generated"] == 16  # nothing filtered
         assert r["response/truncated_frac"] > 0.5 and r["actor/kl_loss"] >= 0
+    # samples with the verifier's own score, and TensorBoard beside metrics.jsonl
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    assert all(s["terms"]["score"] == s["reward"] and len(s["response"]) <= 2 for s in samples)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -142,6 +142,8 @@ def test_manager_routes_weights_and_falls_back(tmp_path):
     assert metrics["reward/errors"] == 1.0 and metrics["reward/shout/bangs"] == 2.0
     assert metrics["reward/format"] == pytest.approx(0.5)
     assert out.items == 6 and out.failed == 1 and "no exclamation" in out.first_failure
+    assert out.details == [{"correct": 1.0, "format": 1.0}, {"correct": 1.0, "format": 0.0},
+                           {"shout": 1.0, "shout/bangs": 2}, {"shout": -1.0, "shout/failed": "error"}]
 
 
 def test_rows_without_a_data_source_route_are_routed_by_their_ability(tmp_path):

@@ -312,3 +312,23 @@ def test_an_untested_vllm_is_warned_about(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="or1"):
         warnings = check_stack_versions()
     assert any("vllm 0.33.1 is installed; or1 is tested with vllm==0.32.0" in w for w in warnings)
+
+
+def test_worker_environment_is_quiet_unless_verbose_and_the_users_settings_win(tmp_path, monkeypatch):
+    from or1.startup import _drop_ray_notices, worker_environment
+
+    for name in ("VLLM_LOGGING_LEVEL", "PYTHONWARNINGS", "DS_ACCELERATOR", "TORCH_CPP_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)  # an earlier preflight in this process may have set them
+    quiet = worker_environment(quick(tmp_path))
+    assert quiet["VLLM_LOGGING_LEVEL"] == "ERROR" and "ignore::FutureWarning" in quiet["PYTHONWARNINGS"]
+    assert quiet["DS_ACCELERATOR"] == "cpu" and quiet["TORCH_CPP_LOG_LEVEL"] == "ERROR"
+    assert worker_environment(quick(tmp_path, **{"trainer.verbose": True})) == {"VLLM_LOGGING_LEVEL": "WARNING"}
+    assert worker_environment(quick(tmp_path, **{"rollout.vllm_log_level": "INFO"}))["VLLM_LOGGING_LEVEL"] == "INFO"
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")  # set by the user: left alone
+    assert "VLLM_LOGGING_LEVEL" not in worker_environment(quick(tmp_path))
+    import logging
+
+    notice = logging.LogRecord("ray", logging.WARNING, "", 0, "Token authentication is enabled for this Ray cluster.",
+                               None, None)
+    other = logging.LogRecord("ray", logging.WARNING, "", 0, "a real problem", None, None)
+    assert not _drop_ray_notices(notice) and _drop_ray_notices(other)

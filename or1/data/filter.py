@@ -79,6 +79,9 @@ def check_filter_config(cfg: OR1Config) -> int:
         errors.append(f"rollout.max_model_len={r.max_model_len} cannot hold data.max_prompt_length + the filter's "
                       f"response limit (filter.max_response_length or rollout.max_response_length) = "
                       f"{cfg.data.max_prompt_length + max_tokens}")
+    if r.temperature < 0 or not 0 < r.top_p <= 1:
+        errors.append(f"rollout.temperature must be >= 0 and rollout.top_p in (0, 1], got {r.temperature} and "
+                      f"{r.top_p}")
     if f.k > 1 and r.temperature == 0:
         errors.append(f"rollout.temperature=0 samples the same response {f.k} times: the accuracy can only be 0 or 1 "
                       "(OR1 samples at temperature 1)")
@@ -275,13 +278,13 @@ def write_summary(path: Path, cfg: OR1Config, records: list[dict], reports: list
 def build_and_run(cfg: OR1Config) -> FilterResult:
     """Every cheap check (settings, data, model path, rewards tried on a real row), then ``run_filter``
     with engines that start when first needed."""
-    from or1.config import validate_config
-    from or1.placement import plan_engines_only
+    from or1.placement import LazyEngines, plan_engines_only
     from or1.rewards.manager import RewardManager
-    from or1.startup import check_model_path, check_ray_address, make_paths_absolute, read_data
+    from or1.startup import (check_model_path, check_ray_address, make_paths_absolute, quiet_third_party,
+                             read_data)
 
     max_tokens = check_filter_config(cfg)
-    validate_config(cfg)
+    quiet_third_party(cfg)
     make_paths_absolute(cfg)
     cfg.filter.output_dir = os.path.abspath(cfg.filter.output_dir)
     # records name their file absolutely: a filter resumed from another directory finds them
@@ -294,7 +297,7 @@ def build_and_run(cfg: OR1Config) -> FilterResult:
     check_model_path(cfg)
     check_ray_address(cfg.trainer.ray_address)
     rewards = RewardManager(cfg.reward, run_dir=cfg.filter.output_dir)
-    engines = LazyEngines(cfg, plan, on_start=rewards.start_reward_models)
+    engines = LazyEngines(cfg, plan, on_start=rewards.start_reward_models)  # none if nothing is left to score
     try:
         rewards.check_on_rows(rows.rows, rows.where)
         from transformers import AutoTokenizer
@@ -305,34 +308,6 @@ def build_and_run(cfg: OR1Config) -> FilterResult:
     finally:
         engines.close()
         rewards.close()
-
-
-class LazyEngines:
-    """The vLLM engines, started at the first ``generate``: a filter with nothing left to score (a
-    finished one run again with other thresholds) starts none."""
-
-    def __init__(self, cfg: OR1Config, plan, on_start=lambda: None):
-        self.cfg, self.plan, self.on_start, self.workers = cfg, plan, on_start, None
-
-    def generate(self, *args, **kwargs):
-        if self.workers is None:
-            import ray
-
-            from or1.placement import check_cluster, start_workers
-            from or1.startup import connect_ray
-
-            connect_ray(self.cfg)
-            check_cluster(self.plan, ray.nodes())
-            t0 = time.time()
-            self.workers = start_workers(self.cfg, self.plan)
-            self.on_start()  # reward models (rm: terms) are Ray actors too
-            ray.get([a.ready.remote() for a in self.workers.rollouts.actors])
-            log.info("filter: %d vLLM engine(s) ready in %.1fs", len(self.workers.rollouts.actors), time.time() - t0)
-        return self.workers.rollouts.generate(*args, **kwargs)
-
-    def close(self) -> None:
-        if self.workers is not None:
-            self.workers.remove()
 
 
 def run(cfg) -> None:

@@ -47,6 +47,8 @@ class RewardScores:
     items: int = 0  # (response, term) items scored
     slowest_item_s: float = 0.0
     first_failure: str = ""  # one failure's message, for the error when every item fails
+    # per response: each term's score and extras ("<term>", "<term>/<extra>") and any failure ("<term>/failed")
+    details: list[dict] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -70,7 +72,8 @@ class RewardScores:
                    torch.cat([p.correct for p in parts]) if parts else torch.zeros(0), values,
                    sum(p.errors for p in parts), sum(p.timeouts for p in parts), sum(p.items for p in parts),
                    max((p.slowest_item_s for p in parts), default=0.0),
-                   next((p.first_failure for p in parts if p.first_failure), ""))
+                   next((p.first_failure for p in parts if p.first_failure), ""),
+                   [d for p in parts for d in p.details])
 
 
 class LocalSandbox:
@@ -273,7 +276,8 @@ class RewardManager:
         correct: list[float | None] = [None] * len(rows)
         primary_score: dict[int, float] = {}
         out = RewardScores(torch.zeros(0), torch.zeros(0), items=len(plan),
-                           slowest_item_s=max((r.seconds for r in results), default=0.0))
+                           slowest_item_s=max((r.seconds for r in results), default=0.0),
+                           details=[{} for _ in rows])
         suppressed: Counter = Counter()  # (term, kind) -> failures in this call not logged in full
         for (i, t), res in zip(plan, results):
             name = term_name(t)
@@ -300,8 +304,12 @@ class RewardManager:
             if "acc" in extras and correct[i] is None:
                 correct[i] = float(extras["acc"])
             out.values.setdefault(name, []).append(value)
+            out.details[i][name] = value
+            if kind != "ok":
+                out.details[i][f"{name}/failed"] = kind
             for k, v in extras.items():
                 out.values.setdefault(f"{name}/{k}", []).append(v)
+                out.details[i][f"{name}/{k}"] = v
         for (name, kind), count in suppressed.items():
             log.warning("reward %s: %d more %s in this batch of %d items", name, count, kind, len(plan))
         # correct: the first term reporting "acc" decides; otherwise the first term's score >= 1

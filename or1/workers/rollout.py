@@ -7,6 +7,7 @@ log-probability vLLM assigned to each sampled token, and takes new weights in pl
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -32,7 +33,11 @@ class RolloutWorker:
         """``sleep_mode``: colocated with a learner on GPUs (``sleep``/``wake_up`` free and restore
         the engine's memory). ``ray_bundle_indices``: on GPUs, the placement-group bundles (one
         GPU each) vLLM's Ray executor uses for this engine's tensor-parallel workers."""
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", cfg.vllm_log_level)
+        # the run's worker environment sets it (or1.startup.worker_environment); standalone use: WARNING
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", cfg.vllm_log_level or "WARNING")
+        # vLLM configures its loggers from that variable, but some modules warn while vLLM is still being
+        # imported (Triton's CPU backend), through Python's last-resort handler: set the level first
+        logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
         if cfg.cpu_kvcache_space_gib is not None:
             # Must be set before vLLM reads its environment; it bounds the CPU KV cache.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)
