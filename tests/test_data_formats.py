@@ -189,3 +189,12 @@ def test_kept_subsets_keep_each_format(tmp_path):
     Dataset.from_list([{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}]).save_to_disk(
         str(tmp_path / "hf"))
     assert load_from_disk(str(write_subset(str(tmp_path / "hf"), [1], tmp_path / "kept" / "hf")))["prompt"] == ["b"]
+
+
+def test_rows_need_neither_answer_nor_tests_when_the_layout_has_none(tmp_path):
+    """A reward model as the only reward: prompts alone are rows."""
+    f = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "write a poem"}, {"prompt": "  "}])
+    data = load_rows(data_config(**{"fields.answer": "", "fields.tests": ""}), [f], "data.train_files")
+    assert [r["prompt"] for r in data.rows] == ["write a poem"] and data.report.bad_rows == {"empty prompt": 1}
+    with pytest.raises(DataError, match="no answer or tests"):
+        load_rows(data_config(bad_rows="error"), [f], "data.train_files")
