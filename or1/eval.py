@@ -22,12 +22,11 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 from or1.config import ConfigError, OR1Config
 from or1.data.dataset import PromptDataset
 from or1.evaluation import score_problems, summarize, table
-from or1.trainer import longest_response_limit, sampling_seeds
+from or1.trainer import generate_and_score, longest_response_limit, sampling_seeds
 
 log = logging.getLogger("or1")
 
@@ -89,9 +88,8 @@ def evaluate(cfg: OR1Config, data: PromptDataset, rollouts, rewards, tokenizer, 
     seeds = sampling_seeds(cfg.trainer.seed, 0, len(data), EVAL_STREAM)
     log.info("eval: %d problems x %d samples, temperature %g, up to %d tokens each", len(data), e.k, e.temperature,
              max_tokens)
-    samples = rollouts.generate(data.prompt_ids, e.k, e.temperature, e.top_p, max_tokens, seeds)
-    texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
-    scored = rewards.score(texts, [data.rows[s.prompt_index] for s in samples])
+    samples, scored = generate_and_score(rollouts, rewards, tokenizer, data, list(range(len(data))), e.k,
+                                         e.temperature, e.top_p, max_tokens, seeds)
     if scored.items and scored.failed == scored.items:
         raise RuntimeError(f"every reward failed; no figure would mean anything. The first failure: "
                            f"{scored.first_failure}")
@@ -118,47 +116,24 @@ def problems_file(output: Path) -> Path:
 def build_and_run(cfg: OR1Config) -> dict:
     """Every cheap check, the model resolved, then ``evaluate`` on engines started when needed."""
     from or1.data.rows import load_rows
-    from or1.placement import LazyEngines, plan_engines_only
-    from or1.rewards.manager import RewardManager
-    from or1.startup import check_model_path, check_ray_address, make_paths_absolute, quiet_third_party
+    from or1.startup import make_paths_absolute, quiet_third_party, run_on_engines
 
     max_tokens = check_eval_config(cfg)
     quiet_third_party(cfg)
     cfg.eval.output = os.path.abspath(cfg.eval.output)
     cfg.model.path = resolve_model(cfg.model.path, Path(cfg.eval.output).parent)
     make_paths_absolute(cfg)
-    try:
-        plan = plan_engines_only(cfg)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    rows = load_rows(cfg.data, cfg.data.val_files, "data.val_files")
-    check_model_path(cfg)
-    check_ray_address(cfg.trainer.ray_address)
-    rewards = RewardManager(cfg.reward, run_dir=str(Path(cfg.eval.output).parent))
-    engines = LazyEngines(cfg, plan, on_start=rewards.start_reward_models)
-    try:
-        rewards.check_on_rows(rows.rows, rows.where)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        data = PromptDataset.from_rows(rows, tokenizer, cfg.data.max_prompt_length, cfg.data.apply_chat_template,
-                                       "data.val_files")
-        return evaluate(cfg, data, engines, rewards, tokenizer, max_tokens)
-    finally:
-        engines.close()
-        rewards.close()
+    return run_on_engines(cfg, lambda: load_rows(cfg.data, cfg.data.val_files, "data.val_files"), "data.val_files",
+                          str(Path(cfg.eval.output).parent),
+                          lambda data, engines, rewards, tokenizer: evaluate(cfg, data, engines, rewards, tokenizer,
+                                                                             max_tokens))
 
 
 def run(cfg) -> None:
     """Hydra's task function."""
-    from or1.config import refuse_unknown_keys
-    from or1.train import input_errors_as_exit
+    from or1.train import run_command
 
-    with input_errors_as_exit():
-        refuse_unknown_keys(cfg)
-        typed: OR1Config = OmegaConf.to_object(cfg)
-        typed.tiny.enabled = False  # evaluation reads a given model and data; it creates neither
-        build_and_run(typed)
+    run_command(cfg, build_and_run)
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from or1.workers.rollout import by_prompt
+
 ALL = "all"
 
 
@@ -78,13 +80,8 @@ def score_problems(samples: list, correct, rewards, n: int, data_sources: Sequen
                    where: Sequence[str] | None = None) -> list[ProblemResult]:
     """Per-problem results from a rollout's samples (``n`` per problem, problem by problem, as the
     engines return them) and their per-sample ``correct`` and ``rewards`` (tensors or sequences)."""
-    if len(samples) != n * len(data_sources):
-        raise RuntimeError(f"{len(samples)} samples for {len(data_sources)} problems x {n}")
     results = []
-    for i, source in enumerate(data_sources):
-        members = samples[i * n:(i + 1) * n]
-        if any(s.prompt_index != i for s in members):
-            raise RuntimeError(f"the engines returned problem {i}'s samples out of order")
+    for i, (source, members) in enumerate(zip(data_sources, by_prompt(samples, n, len(data_sources)))):
         results.append(ProblemResult(
             i, source, n, int(round(float(sum(float(c) for c in correct[i * n:(i + 1) * n])))),
             float(np.mean([float(r) for r in rewards[i * n:(i + 1) * n]])),

@@ -34,6 +34,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -47,6 +48,7 @@ from or1.rewards.manager import RewardManager
 from or1.trainer import Components, Trainer
 
 log = logging.getLogger("or1")
+T = TypeVar("T")
 
 
 class StartupError(ValueError):
@@ -188,6 +190,36 @@ def read_data(cfg: OR1Config, with_val: bool = True) -> tuple[DataRows, DataRows
             raise DataError(f"{name}: {chat} has a prompt of chat messages but data.apply_chat_template=false; set "
                             "it to true (messages are rendered with the chat template)")
     return train, val
+
+
+def run_on_engines(cfg: OR1Config, read_rows: Callable[[], DataRows], field_name: str, run_dir: str,
+                   work: Callable[..., T]) -> T:
+    """The commands that sample a given model without training it (``or1.data.filter``, ``or1.eval``):
+    the engines-only plan, ``read_rows()``, the model path, the Ray address, the rewards tried on a
+    real row, the tokenized prompts; then ``work(data, engines, rewards, tokenizer)`` with vLLM
+    engines that start at the first ``generate`` (none if nothing is sampled). Stops what it started."""
+    from transformers import AutoTokenizer
+
+    from or1.placement import LazyEngines, plan_engines_only
+
+    try:
+        plan = plan_engines_only(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    rows = read_rows()
+    check_model_path(cfg)
+    check_ray_address(cfg.trainer.ray_address)
+    rewards = RewardManager(cfg.reward, run_dir=run_dir)
+    engines = LazyEngines(cfg, plan, on_start=rewards.start_reward_models)  # reward models are Ray actors too
+    try:
+        rewards.check_on_rows(rows.rows, rows.where)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        data = PromptDataset.from_rows(rows, tokenizer, cfg.data.max_prompt_length, cfg.data.apply_chat_template,
+                                       field_name)
+        return work(data, engines, rewards, tokenizer)
+    finally:
+        engines.close()
+        rewards.close()
 
 
 def create_tiny_model(cfg: OR1Config) -> None:

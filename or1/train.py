@@ -46,6 +46,20 @@ def run(cfg) -> dict:
         trainer.shutdown()
 
 
+def run_command(cfg, build_and_run) -> None:
+    """Hydra's task function for the commands that read a given model and data and create neither
+    (``or1.data.filter``, ``or1.eval``): the typed config, input mistakes as one line."""
+    from omegaconf import OmegaConf
+
+    from or1.config import refuse_unknown_keys
+
+    with input_errors_as_exit():
+        refuse_unknown_keys(cfg)
+        typed = OmegaConf.to_object(cfg)
+        typed.tiny.enabled = False  # no tiny model or data is created for them
+        build_and_run(typed)
+
+
 class input_errors_as_exit:
     """Mistakes in the input end the process with their message alone (exit status 2), not a traceback."""
 

@@ -39,6 +39,7 @@ from or1.evaluation import ALL, score_problems, summarize
 from or1.metrics import MetricsLogger, PhaseTimer
 from or1.progress import NoProgress, Progress
 from or1.rewards.manager import RewardScores
+from or1.workers.rollout import by_prompt
 
 log = logging.getLogger("or1")
 
@@ -139,23 +140,13 @@ class Trainer:
 
     def generate_and_score(self, data: PromptDataset, indices: list[int], n: int, temperature: float,
                            seeds: list[int], max_tokens: int, timer: PhaseTimer) -> tuple[list, RewardScores]:
-        with timer.phase("generate", f"{len(indices)} prompts x {n}"):
-            samples = self.rollouts.generate([data.prompt_ids[i] for i in indices], n, temperature,
-                                             self.cfg.rollout.top_p, max_tokens, seeds)
-        with timer.phase("reward", f"{len(samples)} responses"):
-            texts = self.tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
-            scored = self.rewards.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
-        return samples, scored
+        return generate_and_score(self.rollouts, self.rewards, self.tokenizer, data, indices, n, temperature,
+                                  self.cfg.rollout.top_p, max_tokens, seeds, timer)
 
     def make_groups(self, indices: list[int], samples: list, scored: RewardScores, n: int) -> list[Group]:
         """One ``Group`` per prompt: vLLM returns each prompt's ``n`` responses together, prompts in order."""
-        if len(samples) != n * len(indices):
-            raise RuntimeError(f"the rollout group returned {len(samples)} samples for {len(indices)} prompts x {n}")
         groups = []
-        for g, index in enumerate(indices):
-            members = samples[g * n:(g + 1) * n]
-            if any(s.prompt_index != g for s in members):
-                raise RuntimeError(f"the rollout group returned prompt {g}'s responses out of order")
+        for g, (index, members) in enumerate(zip(indices, by_prompt(samples, n, len(indices)))):
             rows = slice(g * n, (g + 1) * n)
             groups.append(Group(index, self.train_data.prompt_ids[index], [s.token_ids for s in members],
                                 scored.rewards[rows], scored.correct[rows],
@@ -378,13 +369,14 @@ class Trainer:
         problems = score_problems(samples, scored.correct, scored.rewards, r.val_n,
                                   [row.get("data_source", "") for row in self.val_data.rows])
         k = r.val_n
-        metrics = {"val/acc": scored.correct.mean().item(), "val/reward": scored.rewards.mean().item(),
+        metrics = {"val/reward": scored.rewards.mean().item(),
                    "val/response_length": float(np.mean([len(s.token_ids) for s in samples])),
                    "time/validate": timer.seconds["validate"]}
         for source, figures in summarize(problems, k).items():
             prefix = "val" if source == ALL else f"val/{source or 'none'}"
             metrics[f"{prefix}/avg@{k}"] = figures[f"avg@{k}"]
             metrics[f"{prefix}/pass@{k}"] = figures[f"pass@{k}"]
+        metrics["val/acc"] = metrics[f"val/avg@{k}"]  # the name older dashboards and the console line read
         return metrics
 
     # --- the loop ----------------------------------------------------------------------------
@@ -489,6 +481,20 @@ class Trainer:
                 close()
             except Exception as exc:  # noqa: BLE001 - shutting down: report, go on with the rest
                 log.warning("shutdown: %r", exc)
+
+
+def generate_and_score(rollouts: Rollouts, rewards: Rewards, tokenizer, data: PromptDataset, indices: list[int],
+                       n: int, temperature: float, top_p: float, max_tokens: int, seeds: list[int] | None,
+                       timer: PhaseTimer | None = None) -> tuple[list, RewardScores]:
+    """``n`` responses to each prompt ``indices`` names, decoded and scored against its row (training,
+    validation, ``or1.eval`` and ``or1.data.filter`` alike)."""
+    timer = timer or PhaseTimer()
+    with timer.phase("generate", f"{len(indices)} prompts x {n}"):
+        samples = rollouts.generate([data.prompt_ids[i] for i in indices], n, temperature, top_p, max_tokens, seeds)
+    with timer.phase("reward", f"{len(samples)} responses"):
+        texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
+        scored = rewards.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
+    return samples, scored
 
 
 def longest_response_limit(cfg: OR1Config) -> int:

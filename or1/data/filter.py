@@ -43,6 +43,8 @@ from or1.config import ConfigError, OR1Config
 from or1.data.dataset import PromptDataset
 from or1.data.rows import DataReport, prompt_hash
 from or1.data.sources import DataError, write_subset
+from or1.trainer import generate_and_score
+from or1.workers.rollout import by_prompt
 
 log = logging.getLogger("or1")
 
@@ -177,20 +179,14 @@ def run_filter(cfg: OR1Config, data: PromptDataset, rollouts, rewards, tokenizer
     t0, rounds = time.time(), 0
     for start in range(0, len(todo), f.chunk_prompts):
         chunk = todo[start:start + f.chunk_prompts]
-        samples = rollouts.generate([data.prompt_ids[i] for i in chunk], f.k, r.temperature, r.top_p, max_tokens,
-                                    [prompt_seed(cfg.trainer.seed, hashes[i]) for i in chunk])
-        if len(samples) != f.k * len(chunk):
-            raise RuntimeError(f"the engines returned {len(samples)} samples for {len(chunk)} prompts x {f.k}")
-        texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
-        scored = rewards.score(texts, [data.rows[chunk[s.prompt_index]] for s in samples])
+        samples, scored = generate_and_score(rollouts, rewards, tokenizer, data, chunk, f.k, r.temperature, r.top_p,
+                                             max_tokens, [prompt_seed(cfg.trainer.seed, hashes[i]) for i in chunk])
+        groups = by_prompt(samples, f.k, len(chunk))
         if scored.items and scored.failed == scored.items:
             raise RuntimeError(f"every reward of a round of {len(chunk)} prompts failed; nothing is saved for them. "
                                f"The first failure: {scored.first_failure}")
         new = []
-        for g, i in enumerate(chunk):
-            members = samples[g * f.k:(g + 1) * f.k]  # the engines return each prompt's k samples together
-            if any(s.prompt_index != g for s in members):
-                raise RuntimeError(f"the engines returned prompt {g}'s samples out of order")
+        for g, (i, members) in enumerate(zip(chunk, groups)):
             correct = int(scored.correct[g * f.k:(g + 1) * f.k].sum().item())
             ref, row = data.refs[i], data.rows[i]
             new.append({"file": ref.file, "row": ref.row, "prompt_sha1": hashes[i],
@@ -277,11 +273,8 @@ def write_summary(path: Path, cfg: OR1Config, records: list[dict], reports: list
 # --- the command ----------------------------------------------------------------------------------
 def build_and_run(cfg: OR1Config) -> FilterResult:
     """Every cheap check (settings, data, model path, rewards tried on a real row), then ``run_filter``
-    with engines that start when first needed."""
-    from or1.placement import LazyEngines, plan_engines_only
-    from or1.rewards.manager import RewardManager
-    from or1.startup import (check_model_path, check_ray_address, make_paths_absolute, quiet_third_party,
-                             read_data)
+    with engines that start when first needed (none if nothing is left to score)."""
+    from or1.startup import make_paths_absolute, quiet_third_party, read_data, run_on_engines
 
     max_tokens = check_filter_config(cfg)
     quiet_third_party(cfg)
@@ -289,38 +282,16 @@ def build_and_run(cfg: OR1Config) -> FilterResult:
     cfg.filter.output_dir = os.path.abspath(cfg.filter.output_dir)
     # records name their file absolutely: a filter resumed from another directory finds them
     cfg.data.train_files = [os.path.abspath(p) for p in cfg.data.train_files]
-    try:
-        plan = plan_engines_only(cfg)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    rows, _ = read_data(cfg, with_val=False)
-    check_model_path(cfg)
-    check_ray_address(cfg.trainer.ray_address)
-    rewards = RewardManager(cfg.reward, run_dir=cfg.filter.output_dir)
-    engines = LazyEngines(cfg, plan, on_start=rewards.start_reward_models)  # none if nothing is left to score
-    try:
-        rewards.check_on_rows(rows.rows, rows.where)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        data = PromptDataset.from_rows(rows, tokenizer, cfg.data.max_prompt_length, cfg.data.apply_chat_template)
-        return run_filter(cfg, data, engines, rewards, tokenizer, max_tokens)
-    finally:
-        engines.close()
-        rewards.close()
+    return run_on_engines(cfg, lambda: read_data(cfg, with_val=False)[0], "data.train_files", cfg.filter.output_dir,
+                          lambda data, engines, rewards, tokenizer: run_filter(cfg, data, engines, rewards, tokenizer,
+                                                                               max_tokens))
 
 
 def run(cfg) -> None:
     """Hydra's task function."""
-    from or1.config import refuse_unknown_keys
-    from or1.train import input_errors_as_exit
+    from or1.train import run_command
 
-    with input_errors_as_exit():
-        refuse_unknown_keys(cfg)
-        typed: OR1Config = OmegaConf.to_object(cfg)
-        if typed.tiny.enabled:
-            typed.tiny.enabled = False  # the filter scores a given model on given data; it creates neither
-        build_and_run(typed)
+    run_command(cfg, build_and_run)
 
 
 def main() -> None:

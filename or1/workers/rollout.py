@@ -25,6 +25,18 @@ class Sample:
     truncated: bool  # stopped by the length limit rather than by EOS / a stop string
 
 
+def by_prompt(samples: list[Sample], n: int, prompts: int) -> list[list[Sample]]:
+    """The engines' samples as one list of ``n`` per prompt. They come back prompt by prompt, each
+    prompt's ``n`` together; anything else is an error (a wrong count, samples out of order)."""
+    if len(samples) != n * prompts:
+        raise RuntimeError(f"the engines returned {len(samples)} samples for {prompts} prompts x {n}")
+    groups = [samples[g * n:(g + 1) * n] for g in range(prompts)]
+    for g, members in enumerate(groups):
+        if any(s.prompt_index != g for s in members):
+            raise RuntimeError(f"the engines returned prompt {g}'s samples out of order")
+    return groups
+
+
 class RolloutWorker:
     """Wrapped with ``ray.remote`` by the driver; plain class so it stays importable and testable."""
 
