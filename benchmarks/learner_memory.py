@@ -31,19 +31,19 @@ from benchmarks.weight_sync import SHAPES, make_model  # noqa: E402
 
 def one_update(path: str, tokens: int, chunk: int, port: int) -> tuple[float, float, float]:
     """(peak GiB, update seconds, pg_loss) for one micro-batch of ``tokens`` tokens, in this process."""
-    from or1.batch import build_batch
+    from or1.batch import SequenceBatch
     from or1.config import LearnerConfig, ModelConfig, OptimConfig
     from or1.workers.learner import Learner
 
     cuda = torch.cuda.is_available()
     learner = Learner(ModelConfig(path=path), OptimConfig(lr=1e-6), master_port=port,
                       learner_cfg=LearnerConfig(compute_dtype="bfloat16" if cuda else "float32",
-                                                micro_batch_sequences=1, gradient_checkpointing=True,
+                                                max_tokens_per_micro_batch=tokens, gradient_checkpointing=True,
                                                 logits_chunk_tokens=chunk))
     g = torch.Generator().manual_seed(0)
     response = torch.randint(3, 150000, (tokens - 16,), generator=g).tolist()
-    batch = build_batch([list(range(100, 116))], [response], pad_id=0, advantages=torch.tensor([1.0]))
-    batch["old_log_probs"] = learner.compute_log_probs(batch)
+    batch = SequenceBatch.from_lists([list(range(100, 116))], [response], advantages=[1.0])
+    batch = batch.with_values(old_log_probs=learner.compute_log_probs(batch))
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

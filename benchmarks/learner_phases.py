@@ -110,7 +110,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     a = p.parse_args()
 
-    from or1.batch import build_batch
+    from or1.batch import SequenceBatch
     from or1.config import LearnerConfig, ModelConfig, OptimConfig, OR1Config
     from or1.placement import ModelShape, estimate_memory_gib, free_port, plan_placement
     from or1.workers.learner import Learner
@@ -120,7 +120,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
         write_random_qwen2(model_dir, SHAPES[a.shape], dtype)
-        learner_cfg = LearnerConfig(compute_dtype="bfloat16" if cuda else "float32", micro_batch_sequences=1,
+        learner_cfg = LearnerConfig(compute_dtype="bfloat16" if cuda else "float32",
+                                    max_tokens_per_micro_batch=a.tokens,
                                     gradient_checkpointing=True, logits_chunk_tokens=a.chunk,
                                     sync_bucket_mb=a.bucket_mb)
         model_cfg = ModelConfig(path=model_dir, dtype=a.master_dtype)
@@ -130,8 +131,8 @@ def main() -> None:
         vocab = SHAPES[a.shape][5]
         g = torch.Generator().manual_seed(0)
         response = torch.randint(3, vocab, (a.tokens - 16,), generator=g).tolist()
-        batch = build_batch([list(range(100, 116))], [response], pad_id=0, advantages=torch.tensor([1.0]))
-        batch["old_log_probs"] = learner.compute_log_probs(batch)
+        batch = SequenceBatch.from_lists([list(range(100, 116))], [response], advantages=[1.0])
+        batch = batch.with_values(old_log_probs=learner.compute_log_probs(batch))
         with Peak(cuda) as update:
             metrics = learner.update(batch)
         with Peak(cuda) as save:

@@ -1,17 +1,20 @@
-"""Rollout groups, and the padded tensor batch the learner trains on, built from them.
+"""Rollout groups, and the ragged batch of sequences the learners train on, built from them.
 
 A ``Group`` is the n responses to one prompt with what the step learned about them; the driver,
 the sample buffer and the batch builder all use this one type.
 
-Layout of batch row i: the prompt's tokens, then the response's tokens, then padding
-(right-padded), so positions are 0..len-1 exactly as vLLM saw them. ``response_mask[i, t]`` is 1
-where token t is a response token (those carry loss); per-token tensors are aligned with
-``input_ids``.
+A ``SequenceBatch`` is what travels from the driver to the learners: token lists, never padded.
+Sequence i is its prompt's tokens followed by its response's tokens (positions 0..len-1 exactly
+as vLLM saw them); the sequences are concatenated into one int32 tensor. Values that exist per
+response token (vLLM's log-probs, the learner's old and reference log-probs) are concatenated
+the same way, response by response, into float32 tensors of ``num_response_tokens`` entries.
+The learner packs or pads each micro-batch from it (``or1.algo.packing``); nothing else is ever
+padded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 import torch
@@ -67,93 +70,156 @@ def group_rows(sizes: Sequence[int], groups: Sequence[int]) -> list[int]:
     return [row for g in groups for row in range(starts[g], starts[g + 1])]
 
 
-def batch_from_groups(groups: Sequence[Group], pad_id: int) -> dict[str, torch.Tensor]:
-    """The padded batch of every response of ``groups`` (group order, then response order).
+# the per-response-token values a SequenceBatch may carry, in the order they travel
+TOKEN_VALUES = ("rollout_log_probs", "old_log_probs", "ref_log_probs")
 
-    Adds ``advantages`` (``[B]``), ``rollout_log_probs`` (vLLM's values; 0 for replayed groups) and
-    ``fresh`` (``[B]`` bool: the row was sampled by vLLM this step, so its log-probs are comparable).
+
+@dataclass
+class SequenceBatch:
+    """Sequences without padding (see the module docstring); every tensor lives on the CPU.
+
+    ``token_ids``: ``[num_tokens]`` int32, every sequence's prompt then response, sequences concatenated.
+    ``prompt_lengths`` / ``response_lengths``: ``[num_sequences]`` int32.
+    ``advantages``: ``[num_sequences]`` float32 (one value per response).
+    ``fresh``: ``[num_sequences]`` bool, the response was sampled by vLLM this step (its
+    ``rollout_log_probs`` are vLLM's; replayed responses carry zeros there).
+    ``rollout_log_probs`` / ``old_log_probs`` / ``ref_log_probs``: ``[num_response_tokens]``
+    float32, response by response; None until known.
     """
+
+    token_ids: torch.Tensor
+    prompt_lengths: torch.Tensor
+    response_lengths: torch.Tensor
+    advantages: torch.Tensor
+    fresh: torch.Tensor
+    rollout_log_probs: torch.Tensor | None = None
+    old_log_probs: torch.Tensor | None = None
+    ref_log_probs: torch.Tensor | None = None
+
+    @classmethod
+    def from_lists(cls, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                   advantages: Sequence[float] | torch.Tensor | None = None,
+                   rollout_log_probs: Sequence[Sequence[float]] | None = None,
+                   fresh: Sequence[bool] | None = None) -> "SequenceBatch":
+        """One sequence per (prompt, response) pair. Prompts must not be empty: a response's first
+        token is predicted from its prompt's last."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"one prompt per response is required: {len(prompts)} prompts, "
+                             f"{len(responses)} responses")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("a sequence needs at least one prompt token")
+        count = len(prompts)
+        flat = [t for p, r in zip(prompts, responses) for t in (*p, *r)]
+        token_values = None
+        if rollout_log_probs is not None:
+            if [len(v) for v in rollout_log_probs] != [len(r) for r in responses]:
+                raise ValueError("rollout_log_probs needs one value per response token")
+            token_values = torch.tensor([v for values in rollout_log_probs for v in values], dtype=torch.float32)
+        return cls(torch.tensor(flat, dtype=torch.int32),
+                   torch.tensor([len(p) for p in prompts], dtype=torch.int32),
+                   torch.tensor([len(r) for r in responses], dtype=torch.int32),
+                   torch.zeros(count) if advantages is None
+                   else torch.as_tensor(advantages, dtype=torch.float32).reshape(count).clone(),
+                   torch.ones(count, dtype=torch.bool) if fresh is None
+                   else torch.tensor(list(fresh), dtype=torch.bool),
+                   rollout_log_probs=token_values)
+
+    # --- sizes -------------------------------------------------------------------------------
+    @property
+    def num_sequences(self) -> int:
+        return int(self.prompt_lengths.shape[0])
+
+    @property
+    def num_response_tokens(self) -> int:
+        return int(self.response_lengths.sum())
+
+    def sequence_lengths(self) -> torch.Tensor:
+        """``[num_sequences]`` int64: prompt + response tokens of each sequence."""
+        return self.prompt_lengths.long() + self.response_lengths.long()
+
+    def sequence_starts(self) -> torch.Tensor:
+        """``[num_sequences]`` int64: where each sequence begins in ``token_ids``."""
+        lengths = self.sequence_lengths()
+        return torch.cumsum(lengths, 0) - lengths
+
+    def response_starts(self) -> torch.Tensor:
+        """``[num_sequences]`` int64: where each response's values begin in the per-token tensors."""
+        lengths = self.response_lengths.long()
+        return torch.cumsum(lengths, 0) - lengths
+
+    def nbytes(self) -> int:
+        """Bytes of tensor data this batch carries (what Ray serialises when it is sent)."""
+        return sum(t.numel() * t.element_size() for f in fields(self)
+                   if isinstance(t := getattr(self, f.name), torch.Tensor))
+
+    # --- per-token views ---------------------------------------------------------------------
+    def per_response_token(self, per_sequence: torch.Tensor) -> torch.Tensor:
+        """A per-sequence tensor repeated for each of the sequence's response tokens."""
+        return per_sequence.repeat_interleave(self.response_lengths.long())
+
+    def sequence(self, row: int) -> tuple[list[int], list[int]]:
+        """(prompt tokens, response tokens) of one sequence."""
+        start = int(self.sequence_starts()[row])
+        prompt = int(self.prompt_lengths[row])
+        end = start + prompt + int(self.response_lengths[row])
+        ids = self.token_ids[start:end].tolist()
+        return ids[:prompt], ids[prompt:]
+
+    def sequences(self) -> list[tuple[list[int], list[int]]]:
+        return [self.sequence(i) for i in range(self.num_sequences)]
+
+    # --- selecting and merging ---------------------------------------------------------------
+    def response_token_index(self, rows: Sequence[int]) -> torch.Tensor:
+        """Indices into the per-response-token tensors of the given rows' tokens, row by row."""
+        return spans(self.response_starts(), self.response_lengths.long(), rows)
+
+    def select(self, rows: Sequence[int]) -> "SequenceBatch":
+        """The given sequences, in that order (a row may repeat)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        token_index = spans(self.sequence_starts(), self.sequence_lengths(), rows)
+        response_index = self.response_token_index(rows)
+        values = {name: None if (v := getattr(self, name)) is None else v[response_index] for name in TOKEN_VALUES}
+        return SequenceBatch(self.token_ids[token_index], self.prompt_lengths[index], self.response_lengths[index],
+                             self.advantages[index], self.fresh[index], **values)
+
+    def with_values(self, **values: torch.Tensor) -> "SequenceBatch":
+        """A copy with per-response-token tensors set (``old_log_probs=...``); sizes are checked."""
+        for name, v in values.items():
+            if name not in TOKEN_VALUES:
+                raise KeyError(f"{name} is not a per-token value of a SequenceBatch ({TOKEN_VALUES})")
+            if v.shape != (self.num_response_tokens,):
+                raise ValueError(f"{name} has shape {tuple(v.shape)}; the batch has {self.num_response_tokens} "
+                                 "response tokens")
+        return replace(self, **values)
+
+    def scatter_response_values(self, parts: Sequence[torch.Tensor], rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Inverse of ``select`` for per-response-token outputs: ``parts[k]`` holds the values of the
+        rows ``rows[k]`` (as ``select(rows[k])`` ordered them); returns them in this batch's order."""
+        out = torch.zeros(self.num_response_tokens, dtype=torch.float32)
+        for values, part_rows in zip(parts, rows):
+            out[self.response_token_index(part_rows)] = values.to(torch.float32)
+        return out
+
+
+def spans(starts: torch.Tensor, lengths: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """Concatenated ``arange(starts[r], starts[r] + lengths[r])`` over ``rows``."""
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+    if index.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)
+    span_lengths = lengths[index]
+    offsets = torch.cumsum(span_lengths, 0) - span_lengths  # where each span begins in the output
+    within = torch.arange(int(span_lengths.sum())) - offsets.repeat_interleave(span_lengths)
+    return starts[index].repeat_interleave(span_lengths) + within
+
+
+def batch_from_groups(groups: Sequence[Group]) -> SequenceBatch:
+    """Every response of ``groups`` (group order, then response order) with its advantage, vLLM's
+    log-probs (zeros for replayed groups) and ``fresh`` (sampled this step)."""
     if any(g.advantages is None for g in groups):
         raise ValueError("every group needs its advantages before it becomes a batch")
     rows = [(g, i) for g in groups for i in range(g.size)]
-    batch = build_batch([g.prompt_ids for g, _ in rows], [g.responses[i] for g, i in rows], pad_id,
-                        torch.cat([g.advantages for g in groups]) if groups else torch.zeros(0),
-                        [g.rollout_log_probs[i] if g.rollout_log_probs is not None else [0.0] * len(g.responses[i])
-                         for g, i in rows])
-    batch["fresh"] = torch.tensor([g.rollout_log_probs is not None for g, _ in rows], dtype=torch.bool)
-    return batch
-
-
-def build_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
-                pad_id: int, advantages: Sequence[float] | torch.Tensor | None = None,
-                rollout_log_probs: Sequence[Sequence[float]] | None = None) -> dict[str, torch.Tensor]:
-    """Pad (prompt + response) rows into tensors.
-
-    Returns ``input_ids``, ``attention_mask``, ``response_mask`` and, when given, ``advantages``
-    (``[B]``) and ``rollout_log_probs`` (``[B, L]``, vLLM's values at response positions).
-    """
-    if len(prompt_ids) != len(response_ids):
-        raise ValueError("one prompt per response is required")
-    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
-    B, L = len(lengths), max(lengths, default=0)
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, L), dtype=torch.long)
-    response_mask = torch.zeros((B, L), dtype=torch.float32)
-    rollout_lp = torch.zeros((B, L), dtype=torch.float32) if rollout_log_probs is not None else None
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        n_p, n = len(p), lengths[i]
-        input_ids[i, :n] = torch.tensor(list(p) + list(r), dtype=torch.long)
-        attention_mask[i, :n] = 1
-        response_mask[i, n_p:n] = 1.0
-        if rollout_lp is not None:
-            rollout_lp[i, n_p:n] = torch.tensor(rollout_log_probs[i], dtype=torch.float32)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
-    if advantages is not None:
-        batch["advantages"] = torch.as_tensor(advantages, dtype=torch.float32).reshape(B)
-    if rollout_lp is not None:
-        batch["rollout_log_probs"] = rollout_lp
-    return batch
-
-
-def slice_batch(batch: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:
-    """Rows ``start:end``, trimmed to the longest row in the slice (less padding to compute)."""
-    part = {k: v[start:end] for k, v in batch.items()}
-    width = int(part["attention_mask"].sum(1).max().item()) if end > start else 0
-    return {k: (v[:, :width] if v.ndim == 2 else v) for k, v in part.items()}
-
-
-def select_rows(batch: dict[str, torch.Tensor], rows: Sequence[int]) -> dict[str, torch.Tensor]:
-    """The given rows (in that order), trimmed to the longest of them."""
-    index = torch.as_tensor(list(rows), dtype=torch.long)
-    part = {k: v.index_select(0, index) for k, v in batch.items()}
-    width = int(part["attention_mask"].sum(1).max().item()) if len(index) else 0
-    return {k: (v[:, :width] if v.ndim == 2 else v) for k, v in part.items()}
-
-
-def shard_rows(batch: dict[str, torch.Tensor], world_size: int) -> list[dict[str, torch.Tensor]]:
-    """Split rows into ``world_size`` contiguous shards of equal row count, one per learner rank.
-
-    Sharded backends run collectives in every forward, so all ranks must process the same number
-    of micro-batches: short shards are padded with copies of row 0 whose ``response_mask`` is zero
-    (no loss tokens, not counted as sequences). ``unshard_rows`` drops the padding again.
-    """
-    rows = batch["input_ids"].shape[0]
-    per_rank = -(-rows // world_size)
-    shards = []
-    for r in range(world_size):
-        index = list(range(r * per_rank, min((r + 1) * per_rank, rows)))
-        pad = per_rank - len(index)
-        shard = select_rows(batch, index + [0] * pad)
-        if pad:
-            shard["response_mask"] = shard["response_mask"].clone()
-            shard["response_mask"][len(index):] = 0.0
-        shards.append(shard)
-    return shards
-
-
-def unshard_rows(parts: Sequence[torch.Tensor], rows: int) -> torch.Tensor:
-    """Inverse of ``shard_rows`` for per-row outputs (``[rows_r, L_r]`` each): concatenated rows,
-    padding rows dropped, right-padded with zeros to the widest shard."""
-    width = max(p.shape[1] for p in parts)
-    out = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
-    return out[:rows]
+    return SequenceBatch.from_lists(
+        [g.prompt_ids for g, _ in rows], [g.responses[i] for g, i in rows],
+        torch.cat([g.advantages for g in groups]) if groups else torch.zeros(0),
+        [g.rollout_log_probs[i] if g.rollout_log_probs is not None else [0.0] * len(g.responses[i]) for g, i in rows],
+        fresh=[g.rollout_log_probs is not None for g, _ in rows])

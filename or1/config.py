@@ -304,7 +304,18 @@ class LearnerConfig:
     num_workers: int = 1  # data-parallel learner ranks, one Ray actor each (one GPU each on GPU clusters)
     num_cpus: float = 1  # Ray CPUs reserved for each learner actor
     torch_threads: int = 0  # torch intra-op threads per learner on CPU; 0: leave torch's default
-    micro_batch_sequences: int = 8  # sequences per forward/backward per learner rank; does not change the loss
+    # Micro-batches (one forward/backward each; they never change the loss) are filled with sequences up to
+    # this many tokens per learner rank (first-fit decreasing; a longer sequence runs alone). With padding
+    # (padding_free=false) a micro-batch counts rows x its longest row. 0: no budget, micro_batch_sequences
+    # consecutive sequences per micro-batch (the layout before token budgets)
+    max_tokens_per_micro_batch: int = 16384
+    micro_batch_sequences: int = 0  # > 0: also at most this many sequences per micro-batch
+    # true: a micro-batch's sequences are concatenated into one row, position ids restarting for each, and
+    # attention never crosses a sequence boundary (or1's varlen attention: torch's variable-length flash
+    # kernel on GPUs in bf16, one causal SDPA per sequence elsewhere); no padding token is ever computed.
+    # false: one right-padded row per sequence with an attention mask (a model whose attention layers do not
+    # go through transformers' attention interface needs this: the learner checks at start-up and says so)
+    padding_free: bool = True
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (long contexts)
     zero_stage: int = 3  # deepspeed only: ZeRO stage (3 shards parameters, gradients and optimizer state)
     deepspeed_config: dict[str, Any] = field(default_factory=dict)  # deepspeed only: keys merged over or1's config
@@ -616,7 +627,12 @@ def validate_config(cfg: OR1Config) -> list[str]:
     need(cfg.model.dtype != DType.float16,
          "model.dtype=float16 is not supported for the master weights; use float32 (or bfloat16)")
     need(lr.num_workers >= 1, f"learner.num_workers must be >= 1, got {lr.num_workers}")
-    need(lr.micro_batch_sequences >= 1, f"learner.micro_batch_sequences must be >= 1, got {lr.micro_batch_sequences}")
+    need(lr.max_tokens_per_micro_batch >= 0, "learner.max_tokens_per_micro_batch must be >= 0 (0: by "
+         f"learner.micro_batch_sequences), got {lr.max_tokens_per_micro_batch}")
+    need(lr.micro_batch_sequences >= 0, f"learner.micro_batch_sequences must be >= 0, got {lr.micro_batch_sequences}")
+    need(lr.max_tokens_per_micro_batch > 0 or lr.micro_batch_sequences >= 1,
+         "learner.max_tokens_per_micro_batch=0 forms micro-batches by learner.micro_batch_sequences, which must "
+         "then be >= 1")
     need(lr.logits_chunk_tokens >= 0, "learner.logits_chunk_tokens must be >= 0 (0: whole logits)")
     need(lr.backend != LearnerBackend.deepspeed or lr.zero_stage in (0, 1, 2, 3),
          f"learner.zero_stage must be 0..3, got {lr.zero_stage}")

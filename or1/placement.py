@@ -152,7 +152,8 @@ def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) 
       bfloat16, divided by the number of learner ranks.
     - ``learner_state``: weights + gradients + AdamW's two moments during an update: 16 bytes per
       parameter in float32, 8 in bfloat16 (plus the reference weights), sharded.
-    - ``learner_activations``, one micro-batch of full-length rows: with gradient checkpointing the
+    - ``learner_activations``, one micro-batch of the most tokens it can hold
+      (``micro_batch_tokens_at_most``): with gradient checkpointing the
       layer inputs (hidden x 2 bytes per token and layer) plus one layer's working set; without,
       ~34 x hidden bytes per token and layer (Korthikanti et al. 2022, flash attention).
     - ``learner_logits``: the float32 logits, their softmax and gradient (3 x 4 bytes x vocab per
@@ -181,7 +182,7 @@ def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) 
     resident = 3 * weights + reference
     activations = logits = 0.0
     if shape.hidden_size:
-        tokens = cfg.learner.micro_batch_sequences * cfg.rollout.max_model_len
+        tokens = micro_batch_tokens_at_most(cfg)
         # the 34h rule counts 2-byte values
         scale = 1 if cfg.learner.compute_dtype in (DType.bfloat16, DType.float16) else 2
         checkpointing = cfg.learner.gradient_checkpointing
@@ -206,6 +207,15 @@ def estimate_memory_gib(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape) 
         phases.append("peak_vllm_gpu")
     out["peak"] = max(out[p] for p in phases)
     return out
+
+
+def micro_batch_tokens_at_most(cfg: OR1Config) -> int:
+    """The most tokens one learner micro-batch computes: the token budget, or one full-length sequence
+    when that is longer (it runs alone); by rows (no budget), the rows at full length."""
+    lr = cfg.learner
+    if lr.max_tokens_per_micro_batch > 0:
+        return max(lr.max_tokens_per_micro_batch, cfg.rollout.max_model_len)
+    return lr.micro_batch_sequences * cfg.rollout.max_model_len
 
 
 def describe(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape | None) -> str:
@@ -239,7 +249,7 @@ def describe(cfg: OR1Config, plan: PlacementPlan, shape: ModelShape | None) -> s
         if plan.mode != "cpu" and mem["peak"] > cfg.trainer.gpu_memory_gib:
             lines.append(f"  WARNING: the estimated peak {mem['peak']:.1f} GiB exceeds trainer.gpu_memory_gib="
                          f"{cfg.trainer.gpu_memory_gib:g}; more GPUs, gradient checkpointing or a smaller "
-                         "learner.micro_batch_sequences would help")
+                         "learner.max_tokens_per_micro_batch would help")
             if mem.get("learner_logits", 0.0) > mem["learner_state"] + mem["learner_activations"]:
                 lines.append("    most of it is one micro-batch's full-vocabulary float32 logits: "
                              "learner.logits_chunk_tokens=2048 computes them in chunks")

@@ -31,7 +31,7 @@ from or1.algo.filters import mastered_groups, select_groups
 from or1.algo.minibatch import plan_mini_batches
 from or1.algo.sample_buffer import SelectiveSampleBuffer
 from or1.algo.stages import stage_at
-from or1.batch import Group, batch_from_groups, group_rows, select_rows
+from or1.batch import Group, SequenceBatch, batch_from_groups, group_rows
 from or1.checkpoint import FAULT_ENV, STATE_FILE, CheckpointDirs
 from or1.config import OR1Config
 from or1.data.dataset import EpochSampler, PromptDataset
@@ -56,8 +56,8 @@ def sampling_seeds(seed: int, step: int, count: int, stream: int = 0) -> list[in
 class Learners(Protocol):
     """``or1.workers.group.LearnerGroup``: data-parallel learner ranks driven as one."""
 
-    def compute_log_probs(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor: ...
-    def update(self, batch: dict[str, torch.Tensor], entropy_coef: float) -> dict[str, float]: ...
+    def compute_log_probs(self, batch: SequenceBatch, reference: bool = False) -> torch.Tensor: ...
+    def update(self, batch: SequenceBatch, entropy_coef: float) -> dict[str, float]: ...
     def push_weights(self, rollouts: Any, dtype: str, bucket_mb: float) -> dict[str, float]: ...
     def save_checkpoint(self, path: str) -> None: ...
     def load_checkpoint(self, path: str) -> None: ...
@@ -88,7 +88,7 @@ class Components:
     learners: Learners
     rollouts: Rollouts
     rewards: Rewards
-    tokenizer: Any  # batch_decode(ids, skip_special_tokens=True) and pad_token_id
+    tokenizer: Any  # batch_decode(ids, skip_special_tokens=True)
     train_data: PromptDataset
     val_data: PromptDataset | None = None
     sleep_rollouts: bool = False  # colocated on GPUs: vLLM gives its memory back while the learners work
@@ -291,22 +291,20 @@ class Trainer:
             metrics["actor/skipped_update"] = 1.0
             return metrics
 
-        batch = batch_from_groups(train_groups, self.tokenizer.pad_token_id)
-        fresh = batch.pop("fresh").unsqueeze(1)
+        batch = batch_from_groups(train_groups)
         if self.parts.sleep_rollouts:
             with timer.phase("rollout_sleep"):
                 self.rollouts.sleep(self.cfg.rollout.sleep_level)
-        with timer.phase("old_log_prob", f"{len(fresh)} sequences"):
-            batch["old_log_probs"] = self.learners.compute_log_probs(batch)
+        with timer.phase("old_log_prob", f"{batch.num_sequences} sequences"):
+            batch = batch.with_values(old_log_probs=self.learners.compute_log_probs(batch))
             if algo.kl.enabled:
-                batch["ref_log_probs"] = self.learners.compute_log_probs(batch, reference=True)
+                batch = batch.with_values(ref_log_probs=self.learners.compute_log_probs(batch, reference=True))
 
-        mask = batch["response_mask"]
-        fresh_mask = mask * fresh
+        fresh = batch.per_response_token(batch.fresh)
         # e_k: entropy estimated from the sampled tokens' log-probs (OR1's measure), before the update;
         # from this step's samples, or from every trained token when the batch is all replays
-        measured = fresh_mask if fresh_mask.sum() > 0 else mask
-        rollout_entropy = -(batch["old_log_probs"] * measured).sum().item() / max(measured.sum().item(), 1.0)
+        measured = fresh if fresh.any() else torch.ones_like(fresh)
+        rollout_entropy = -batch.old_log_probs[measured].sum().item() / max(int(measured.sum()), 1)
         entropy_coef = self.entropy.coef_for(rollout_entropy)
         with timer.phase("update", f"{len(train_groups)} groups"):
             actor_metrics = self.run_updates(batch, [g.size for g in train_groups], entropy_coef)
@@ -314,25 +312,28 @@ class Trainer:
         with timer.phase("sync", "weights to vLLM"):
             sync_stats = self.sync_weights()
         metrics.update({
-            "adv/abs_mean": batch["advantages"].abs().mean().item(),
+            "adv/abs_mean": batch.advantages.abs().mean().item(),
             # vLLM's log-probs vs the learner's for the same tokens: ~0 when weights are in sync
-            "rollout/logprob_abs_diff": ((batch["old_log_probs"] - batch["rollout_log_probs"]).abs()
-                                         * fresh_mask).sum().item() / max(fresh_mask.sum().item(), 1.0),
+            "rollout/logprob_abs_diff": (batch.old_log_probs - batch.rollout_log_probs)[fresh].abs().sum().item()
+            / max(int(fresh.sum()), 1),
             "rollout/entropy_estimate": rollout_entropy,
             "actor/entropy_coef": entropy_coef,
             "entropy/controller_coef": self.entropy.coef,
+            # what reached the learners: tokens of the sequences (no padding travels) and their bytes
+            "batch/tokens": float(batch.token_ids.numel()),
+            "batch/bytes": float(batch.nbytes()),
             **sync_stats, **actor_metrics,
         })
         return metrics
 
-    def run_updates(self, batch: dict[str, torch.Tensor], group_sizes: Sequence[int],
+    def run_updates(self, batch: SequenceBatch, group_sizes: Sequence[int],
                     entropy_coef: float) -> dict[str, float]:
         """``algorithm.ppo_epochs`` passes over the batch in near-equal mini-batches of whole groups
         (``or1.algo.minibatch.plan_mini_batches``); groups of any size, none split or dropped."""
         a = self.cfg.algorithm
         rng = np.random.default_rng([self.cfg.trainer.seed, self.step, 0x9E])
         plan = plan_mini_batches(len(group_sizes), a.mini_batch_groups, a.ppo_epochs, rng)
-        results = [self.learners.update(select_rows(batch, group_rows(group_sizes, mini_batch)), entropy_coef)
+        results = [self.learners.update(batch.select(group_rows(group_sizes, mini_batch)), entropy_coef)
                    for mini_batch in plan]
         merged = {k: float(np.mean([r[k] for r in results if k in r])) for k in results[0]}
         merged["actor/num_updates"] = float(len(results))

@@ -60,7 +60,7 @@ run_loop() {  # run_loop NAME OUTPUT_DIR OVERRIDES...: 3 steps, then check log-p
       trainer.val_every=0 trainer.save_every=0 model.dtype=float32 learner.compute_dtype=bfloat16 \
       rollout.dtype=bfloat16 rollout.enforce_eager=true rollout.gpu_memory_utilization=0.35 \
       rollout.max_model_len=512 rollout.max_response_length=64 data.max_prompt_length=128 \
-      learner.micro_batch_sequences=32 algorithm.filter.drop_zero_advantage=false trainer.ray_num_cpus=null \
+      learner.max_tokens_per_micro_batch=16384 algorithm.filter.drop_zero_advantage=false trainer.ray_num_cpus=null \
       "$@" || return 1
   $PY - "$dir/metrics.jsonl" "$LOGPROB_TOL" <<'EOF'
 import json, sys

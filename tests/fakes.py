@@ -115,13 +115,16 @@ class RecordingLearners:
 
     def compute_log_probs(self, batch, reference=False):
         self.log_prob_calls.append(reference)
-        return batch["rollout_log_probs"].clone() - (0.1 if reference else 0.0)
+        return batch.rollout_log_probs.clone() - (0.1 if reference else 0.0)
 
     def update(self, batch, entropy_coef):
-        self.updates.append({**{k: v.clone() for k, v in batch.items()}, "entropy_coef": entropy_coef})
-        mask = batch["response_mask"]
-        return {"actor/pg_loss": float((batch["advantages"].unsqueeze(1) * mask).sum()), "actor/grad_norm": 1.0,
-                "actor/num_tokens": float(mask.sum()), "actor/skipped_update": 0.0}
+        self.updates.append({"sequences": batch.sequences(), "token_ids": batch.token_ids.tolist(),
+                             "num_sequences": batch.num_sequences, "advantages": batch.advantages.clone(),
+                             "old_log_probs": batch.old_log_probs.clone(),
+                             **({} if batch.ref_log_probs is None else {"ref_log_probs": batch.ref_log_probs.clone()}),
+                             "entropy_coef": entropy_coef})
+        return {"actor/pg_loss": float(batch.per_response_token(batch.advantages).sum()), "actor/grad_norm": 1.0,
+                "actor/num_tokens": float(batch.num_response_tokens), "actor/skipped_update": 0.0}
 
     def push_weights(self, rollouts, dtype, bucket_mb):
         self.pushes += 1
@@ -173,8 +176,4 @@ def mixed(index: int, n: int) -> list[Outcome]:
 
 def rows_of(update: dict) -> list[tuple[int, tuple[int, ...]]]:
     """(prompt index, response tokens) of every row of one recorded update batch."""
-    out = []
-    for ids, mask in zip(update["input_ids"], update["response_mask"]):
-        prompt = int(ids[0]) - PROMPT_BASE
-        out.append((prompt, tuple(int(t) for t, m in zip(ids, mask) if m > 0)))
-    return out
+    return [(prompt[0] - PROMPT_BASE, tuple(response)) for prompt, response in update["sequences"]]

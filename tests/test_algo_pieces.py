@@ -17,8 +17,9 @@ from or1.batch import Group, group_rows
 from or1.config import EntropyConfig
 from or1.data.dataset import EpochSampler
 
-VALUES = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0], [5.0, 6.0, 0.0, 0.0]])
-MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+VALUES = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # three responses of 3, 1 and 2 tokens, back to back
+TOKEN_SEQUENCE = torch.tensor([0, 0, 0, 1, 2, 2])
+LENGTHS = torch.tensor([3, 1, 2])
 
 
 @pytest.mark.parametrize("mode,expected", [
@@ -27,15 +28,19 @@ MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0,
     ("seq_mean_token_sum", (6.0 + 4.0 + 11.0) / 3),
 ])
 def test_aggregation_modes_by_hand_and_over_micro_batches(mode, expected):
-    whole = aggregate_loss(VALUES, MASK, mode, MASK.sum(), 3)
+    whole = aggregate_loss(VALUES, TOKEN_SEQUENCE, LENGTHS, mode, 6, 3)
     assert whole.item() == pytest.approx(expected)
-    parts = sum(aggregate_loss(VALUES[i:i + 1], MASK[i:i + 1], mode, MASK.sum(), 3) for i in range(3))
+    # micro-batches of one sequence each, normalised for the whole batch
+    bounds = [0, 3, 4, 6]
+    parts = sum(aggregate_loss(VALUES[s:e], torch.zeros(e - s, dtype=torch.long), LENGTHS[i:i + 1], mode, 6, 3)
+                for i, (s, e) in enumerate(zip(bounds, bounds[1:])))
     assert parts.item() == pytest.approx(expected)
 
 
 def test_aggregation_of_empty_batch_is_zero():
     for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"):
-        assert aggregate_loss(torch.ones(2, 3), torch.zeros(2, 3), mode, 0, 0).item() == 0.0
+        empty = torch.zeros(0)
+        assert aggregate_loss(empty, empty.long(), empty, mode, 0, 0).item() == 0.0
 
 
 def test_dual_clip_caps_negative_advantage_loss():

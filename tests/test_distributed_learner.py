@@ -4,8 +4,10 @@ Two FSDP2 ranks, and two DeepSpeed ZeRO-3 ranks, must produce the single-process
 log-probs, loss, entropy and gradient norm on the same batch, and the same weights after the
 step. The two-rank groups also compute their logits in chunks of 4 positions
 (``learner.logits_chunk_tokens``, recomputed in the backward pass inside sharded modules); the
-single rank computes them whole. The batch has an odd number of rows, so one rank trains on a padding row (no loss
-tokens) and the global token normaliser is what makes the ranks agree.
+single rank computes them whole. The ranks get the sequences balanced by tokens, pack them into
+micro-batches of at most 23 tokens and so run different numbers of micro-batches (1 and 2): the
+rank with fewer runs a stand-in with zero loss to keep the collectives in step, and the global
+token normaliser is what makes the ranks agree.
 """
 
 import json
@@ -13,7 +15,7 @@ import json
 import pytest
 import torch
 
-from or1.batch import build_batch
+from or1.batch import SequenceBatch
 from or1.config import LearnerConfig, ModelConfig, OptimConfig
 from or1.workers.group import LearnerGroup
 
@@ -31,28 +33,28 @@ def batch():
     lengths = (1, 3, 5, 2, 7, 4, 6)
     prompts = [[40 + i, 41 + i, 42] for i in range(len(lengths))]
     responses = [torch.randint(3, 200, (k,), generator=g).tolist() for k in lengths]
-    return build_batch(prompts, responses, pad_id=0, advantages=torch.randn(len(lengths), generator=g))
+    return SequenceBatch.from_lists(prompts, responses, advantages=torch.randn(len(lengths), generator=g))
 
 
-def start_group(ray, tiny_model, backend: str, world: int, micro_batch_size: int = 3,
+def start_group(ray, tiny_model, backend: str, world: int, max_tokens: int = 23,
                 logits_chunk_tokens: int = 4) -> LearnerGroup:
     from or1.workers.learner import Learner
 
     port = free_port()
     optim_cfg = OptimConfig(lr=1e-3, grad_clip=0.0)
     learner_cfg = LearnerConfig(backend=backend, num_workers=world, torch_threads=1,
-                                micro_batch_sequences=micro_batch_size, logits_chunk_tokens=logits_chunk_tokens)
+                                max_tokens_per_micro_batch=max_tokens, logits_chunk_tokens=logits_chunk_tokens)
     return LearnerGroup([ray.remote(num_cpus=0.5)(Learner).remote(
         ModelConfig(path=str(tiny_model)), optim_cfg, None, learner_cfg, rank, world, "127.0.0.1", port, 0)
         for rank in range(world)])
 
 
 def one_step(group: LearnerGroup, batch):
-    b = dict(batch)
-    b["old_log_probs"] = group.compute_log_probs(b) + 0.05 * b["response_mask"]  # ratios != 1
+    logp = group.compute_log_probs(batch)
+    b = batch.with_values(old_log_probs=logp + 0.05)  # ratios != 1
     metrics = group.update(b, entropy_coef=0.01)
     weights = _get(group.actors[0].full_parameters.remote(), group)
-    return b["old_log_probs"], metrics, weights
+    return logp, metrics, weights
 
 
 def _get(ref, group):
@@ -67,7 +69,7 @@ def _get(ref, group):
 
 @pytest.fixture(scope="module")
 def single_rank(ray_local, tiny_model, batch):
-    group = start_group(ray_local, tiny_model, "fsdp", 1, micro_batch_size=7, logits_chunk_tokens=0)
+    group = start_group(ray_local, tiny_model, "fsdp", 1, max_tokens=1000, logits_chunk_tokens=0)
     result = one_step(group, batch)
     for a in group.actors:
         ray_local.kill(a)
@@ -83,8 +85,9 @@ def test_two_ranks_reproduce_one(ray_local, tiny_model, batch, single_rank, back
     loaded = _get(group.actors[0].full_parameters.remote(), group)
     assert sorted(loaded) == sorted(initial) and all(torch.equal(loaded[n], initial[n]) for n in initial)
     logp, metrics, weights = one_step(group, batch)
-    mask = batch["response_mask"].bool()
-    assert (logp - ref_logp)[mask].abs().max() < 1e-5
+    assert (logp - ref_logp).abs().max() < 1e-5
+    # tokens 23 | 26 over the ranks: 10 + 7 + 6 in one micro-batch; 9 + 8 + 5, then 4
+    assert metrics["actor/micro_batches"] == 3 and ref_metrics["actor/micro_batches"] == 1
     for key in COMPARED:
         assert metrics[key] == pytest.approx(ref_metrics[key], rel=1e-4, abs=1e-6), key
     assert ref_metrics["actor/grad_norm"] > 0.1
@@ -117,8 +120,7 @@ def test_two_ranks_reproduce_one(ray_local, tiny_model, batch, single_rank, back
     reloaded = _get(restored.actors[0].full_parameters.remote(), restored)
     assert all(torch.equal(reloaded[n], weights[n]) for n in weights)
     if backend == "deepspeed":  # the optimizer state came back too: the next step is the same step
-        b = dict(batch)
-        b["old_log_probs"] = logp
+        b = batch.with_values(old_log_probs=logp)
         after, again = group.update(b, 0.01), restored.update(b, 0.01)
         for key in ("actor/pg_loss", "actor/grad_norm"):
             assert after[key] == again[key], key

@@ -77,7 +77,7 @@ def test_129_groups_in_mini_batches_of_128_make_two_near_equal_steps(tmp_path):
     cfg = config(tmp_path, **{"trainer.prompts_per_step": 129, "algorithm.mini_batch_groups": 128, "rollout.n": 2})
     trainer = make_trainer(cfg, mixed, num_prompts=200)
     m = trainer.train_step()
-    assert [u["input_ids"].shape[0] for u in trainer.learners.updates] == [130, 128]  # 65 + 64 groups of 2
+    assert [u["num_sequences"] for u in trainer.learners.updates] == [130, 128]  # 65 + 64 groups of 2
     assert m["actor/num_updates"] == 2
     sampled = trainer.rollouts.calls[0]["prompts"]
     assert sorted(p for u in trainer.learners.updates for p, _ in rows_of(u)) == sorted(sampled * 2)  # every row once
@@ -231,7 +231,7 @@ def test_ppo_epochs_pass_over_the_batch_again(tmp_path):
     trainer = make_trainer(config(tmp_path, **{"algorithm.ppo_epochs": 3}), mixed)
     m = trainer.train_step()
     assert m["actor/num_updates"] == 3 and len(trainer.learners.updates) == 3
-    assert all(u["input_ids"].shape[0] == 8 for u in trainer.learners.updates)
+    assert all(u["num_sequences"] == 8 for u in trainer.learners.updates)
 
 
 def test_validation_uses_its_own_samples_and_seeds(tmp_path):
@@ -303,8 +303,8 @@ def test_checkpoint_and_resume_reproduce_the_uninterrupted_steps(tmp_path):
 
     assert steps("b") == steps("a")
     assert resumed.state_dict() == {**straight.state_dict(), "run_id": first.run_id}
-    assert [u["input_ids"].tolist() for u in resumed.learners.updates] == \
-        [u["input_ids"].tolist() for u in straight.learners.updates[len(first.learners.updates):]]
+    assert [u["token_ids"] for u in resumed.learners.updates] == \
+        [u["token_ids"] for u in straight.learners.updates[len(first.learners.updates):]]
 
 
 def test_a_resume_on_other_prompts_restarts_the_data_order(tmp_path, caplog):

@@ -4,8 +4,7 @@ import pytest
 
 import torch
 
-from or1.algo.losses import ppo_clip_loss, token_log_probs_and_entropy, token_mean
-from or1.batch import build_batch, slice_batch
+from or1.algo.losses import aggregate_loss, ppo_clip_loss, token_log_probs_and_entropy, token_mean
 
 
 def test_ppo_clip_hand_values():
@@ -23,49 +22,33 @@ def test_ppo_clip_hand_values():
 
 def test_token_mean_over_micro_batches_equals_single_batch():
     torch.manual_seed(0)
-    values = torch.randn(6, 5)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1],
-                         [0, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.float32)
-    whole = token_mean(values, mask, mask.sum())
-    assert torch.allclose(whole, (values * mask).sum() / 15)
-    for k in (1, 2, 3, 6):
-        parts = sum(token_mean(values[i:i + k], mask[i:i + k], mask.sum()) for i in range(0, 6, k))
-        assert torch.allclose(parts, whole, atol=1e-6)
-    # a per-sequence mean would weigh the 1-token row like the 5-token row: not what we compute
-    per_seq = torch.stack([(values[i] * mask[i]).sum() / mask[i].sum() for i in range(6) if mask[i].sum()]).mean()
+    lengths = [3, 1, 5, 0, 2, 4]  # response tokens of 6 sequences (one without any)
+    values = torch.randn(sum(lengths))
+    whole = token_mean(values, 15)
+    assert torch.allclose(whole, values.sum() / 15)
+    bounds = [0, 4, 9, 15]  # micro-batches: sequences 0-1, 2-3, 4-5
+    parts = sum(token_mean(values[s:e], 15) for s, e in zip(bounds, bounds[1:]))
+    assert torch.allclose(parts, whole, atol=1e-6)
+    # a per-sequence mean would weigh the 1-token response like the 5-token one: not what we compute
+    starts = [sum(lengths[:i]) for i in range(6)]
+    per_seq = torch.stack([values[s:s + n].mean() for s, n in zip(starts, lengths) if n]).mean()
     assert not torch.allclose(per_seq, whole)
 
 
-def test_token_mean_of_fully_masked_batch_is_zero():
-    assert token_mean(torch.randn(2, 3), torch.zeros(2, 3), 0).item() == 0.0
+def test_token_mean_of_an_empty_batch_is_zero():
+    assert token_mean(torch.zeros(0), 0).item() == 0.0
 
 
 def test_log_probs_and_entropy_by_hand():
-    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(3.0), 0.0], [0.0, 0.0]]])  # vocab 2
-    ids = torch.tensor([[0, 1, 0]])
-    logp, ent = token_log_probs_and_entropy(logits, ids)
-    # p(token 1 | logits[0]) = 3/4 ; p(token 0 | logits[1]) = 3/4 ; position 0 holds 0
-    assert torch.allclose(logp, torch.tensor([[0.0, math.log(0.75), math.log(0.75)]]), atol=1e-6)
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])  # vocab 2
+    logp, ent = token_log_probs_and_entropy(logits, torch.tensor([1, 0]))
+    # p(token 1 | logits[0]) = 3/4 ; p(token 0 | logits[1]) = 3/4
+    assert torch.allclose(logp, torch.tensor([math.log(0.75), math.log(0.75)]), atol=1e-6)
     h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
-    assert torch.allclose(ent, torch.tensor([[0.0, h, h]]), atol=1e-6)
-
-
-def test_build_batch_layout_and_slice():
-    b = build_batch([[5, 6], [7]], [[8, 9, 2], [2]], pad_id=0, advantages=[0.5, -0.5],
-                    rollout_log_probs=[[-1.0, -2.0, -3.0], [-4.0]])
-    assert b["input_ids"].tolist() == [[5, 6, 8, 9, 2], [7, 2, 0, 0, 0]]
-    assert b["response_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]
-    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
-    assert b["rollout_log_probs"][0].tolist() == [0, 0, -1, -2, -3]
-    assert b["rollout_log_probs"][1].tolist() == [0, -4, 0, 0, 0]
-    s = slice_batch(b, 1, 2)
-    assert s["input_ids"].tolist() == [[7, 2]] and s["advantages"].tolist() == [-0.5]
+    assert torch.allclose(ent, torch.tensor([h, h]), atol=1e-6)
 
 
 def test_single_token_responses_make_token_and_sequence_means_agree():
-    from or1.algo.losses import aggregate_loss
-
-    values = torch.tensor([[0.0, 2.0], [0.0, -1.0], [0.0, 4.0]])
-    mask = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # a one-token response after a one-token prompt
+    values = torch.tensor([2.0, -1.0, 4.0])
     for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"):
-        assert aggregate_loss(values, mask, mode, 3, 3).item() == pytest.approx(5 / 3)
+        assert aggregate_loss(values, torch.arange(3), torch.ones(3), mode, 3, 3).item() == pytest.approx(5 / 3)

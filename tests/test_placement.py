@@ -2,12 +2,10 @@
 pure functions, checked against hand-worked layouts."""
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
-from or1.batch import build_batch, shard_rows, unshard_rows
 from or1.config import OR1Config
-from or1.placement import ModelShape, check_cluster, estimate_memory_gib, plan_placement
+from or1.placement import ModelShape, check_cluster, estimate_memory_gib, micro_batch_tokens_at_most, plan_placement
 from or1.workers.backends import weight_buckets
 from or1.workers.group import split_evenly
 
@@ -68,7 +66,7 @@ def test_cluster_check_names_what_is_missing():
 
 def test_memory_estimate_by_hand():
     cfg = config(trainer={"gpus_per_node": 8, "gpu_memory_gib": 80},
-                 learner={"num_workers": 8, "compute_dtype": "bfloat16", "micro_batch_sequences": 2,
+                 learner={"num_workers": 8, "compute_dtype": "bfloat16", "max_tokens_per_micro_batch": 2048,
                           "gradient_checkpointing": False},
                  rollout={"num_engines": 8, "gpu_memory_utilization": 0.5, "max_model_len": 1024})
     plan = plan_placement(cfg)
@@ -92,21 +90,11 @@ def test_memory_estimate_by_hand():
     assert estimate_memory_gib(cfg, plan, shape)["peak_init"] == pytest.approx(8.0)
     cfg.learner.logits_chunk_tokens = 256
     assert estimate_memory_gib(cfg, plan, shape)["learner_logits"] == pytest.approx(12 * 1000 * 256 / 2**30)
-
-
-def test_shard_rows_pads_with_rows_that_carry_no_loss():
-    batch = build_batch([[1, 2]] * 5, [[3], [4, 5], [6], [7, 8, 9], [10]], pad_id=0,
-                        advantages=torch.arange(5.0), rollout_log_probs=[[0.0] * k for k in (1, 2, 1, 3, 1)])
-    shards = shard_rows(batch, 2)
-    assert [s["input_ids"].shape[0] for s in shards] == [3, 3]
-    assert shards[1]["response_mask"][2].sum() == 0  # the padding row
-    assert sum(s["response_mask"].sum() for s in shards) == batch["response_mask"].sum()
-    widths = [s["input_ids"].shape[1] for s in shards]
-    assert widths == [4, 5]  # each shard trimmed to its own longest row
-    rows = unshard_rows([s["input_ids"] for s in shards], 5)
-    assert torch.equal(rows, batch["input_ids"])
-    narrow = unshard_rows([torch.ones(3, 2), torch.ones(3, 4)], 5)
-    assert narrow.shape == (5, 4) and narrow[0, 3] == 0
+    # a budget below one full-length sequence: that sequence still runs (alone); by rows: rows x full length
+    cfg.learner.max_tokens_per_micro_batch = 512
+    assert micro_batch_tokens_at_most(cfg) == 1024
+    cfg.learner.max_tokens_per_micro_batch, cfg.learner.micro_batch_sequences = 0, 3
+    assert micro_batch_tokens_at_most(cfg) == 3 * 1024
 
 
 def test_split_evenly():

@@ -18,7 +18,7 @@ start of the command pays for a new vLLM engine.)
 import pytest
 import torch
 
-from or1.batch import build_batch
+from or1.batch import SequenceBatch
 from or1.config import LearnerConfig, ModelConfig, OptimConfig, RolloutConfig
 from or1.data.dataset import render_prompt
 from or1.workers.group import LearnerGroup, RolloutGroup
@@ -53,7 +53,7 @@ def test_bucketed_push_makes_every_engine_match_the_learners(tiny_model, ray_loc
     port = free_port()
     learners = LearnerGroup([ray.remote(num_cpus=0.5)(Learner).remote(
         ModelConfig(path=str(tiny_model)), OptimConfig(lr=1e-2, weight_decay=0.0), None,
-        LearnerConfig(num_workers=2, torch_threads=1, micro_batch_sequences=64), rank, 2, "127.0.0.1", port, 0)
+        LearnerConfig(num_workers=2, torch_threads=1, max_tokens_per_micro_batch=256), rank, 2, "127.0.0.1", port, 0)
         for rank in range(2)])
     prompts = [render_prompt(tok, p, True) for p in ["1+2", "17+25", "9-4", "30+30"]]
     assert not learners.has_reference_model()  # KL off (OR1's default): no reference policy
@@ -63,21 +63,19 @@ def test_bucketed_push_makes_every_engine_match_the_learners(tiny_model, ray_loc
         out = []
         for e, engine in enumerate(engines.actors):
             samples = ray.get(engine.generate.remote(prompts, 4, 1.0, 1.0, 12, [seed + 10 * e + i for i in range(4)]))
-            batch = build_batch([prompts[s.prompt_index] for s in samples], [s.token_ids for s in samples],
-                                tok.pad_token_id, torch.zeros(len(samples)), [s.logprobs for s in samples])
-            learner_lp = learners.compute_log_probs(batch)
-            mask = batch["response_mask"].bool()
-            assert mask.sum() > 20
-            out.append(((learner_lp - batch["rollout_log_probs"])[mask].abs().max().item(), batch, learner_lp))
+            batch = SequenceBatch.from_lists([prompts[s.prompt_index] for s in samples], [s.token_ids for s in samples],
+                                             torch.zeros(len(samples)), [s.logprobs for s in samples])
+            learner_lp = learners.compute_log_probs(batch)  # packed micro-batches on two ranks
+            assert batch.num_response_tokens > 20
+            out.append(((learner_lp - batch.rollout_log_probs).abs().max().item(), batch, learner_lp))
         return out
 
     fresh = gaps(0)
     assert max(g for g, _, _ in fresh) < TOL, f"fresh engines and learners disagree: {[g for g, _, _ in fresh]}"
 
     _, batch, learner_lp = fresh[0]
-    batch["advantages"] = torch.randn(batch["input_ids"].shape[0], generator=torch.Generator().manual_seed(0))
-    batch["old_log_probs"] = learner_lp
-    learners.update(batch, 0.0)
+    batch.advantages = torch.randn(batch.num_sequences, generator=torch.Generator().manual_seed(0))
+    learners.update(batch.with_values(old_log_probs=learner_lp), 0.0)
 
     stale = [g for g, _, _ in gaps(1)]
     assert min(stale) > 100 * TOL, "the learners' update did not change their log-probs; the test proves nothing"

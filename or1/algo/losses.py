@@ -1,7 +1,8 @@
 """Policy-gradient loss pieces, as pure tensor functions.
 
-Shapes: ``[B, L]`` for per-token tensors (B sequences, L positions) with a float ``mask`` that is
-1 on the response tokens that carry loss and 0 elsewhere (prompt, padding).
+Per-token tensors are flat: ``[R]``, the response tokens of a micro-batch back to back (the
+layout of ``or1.algo.packing.MicroBatch``); only response tokens carry loss, so there is no mask.
+``token_sequence[j]`` says which sequence token j belongs to where a reduction needs it.
 """
 
 from __future__ import annotations
@@ -11,22 +12,19 @@ import torch
 from or1.config import KLEstimator, LossAgg
 
 
-def token_log_probs_and_entropy(logits: torch.Tensor, input_ids: torch.Tensor,
+def token_log_probs_and_entropy(logits: torch.Tensor, targets: torch.Tensor,
                                 with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-prob of each token given the tokens before it, and the full-vocabulary entropy there.
+    """Log-prob of each target under its logits, and the full-vocabulary entropy there.
 
-    Output position t holds log p(input_ids[t] | input_ids[<t]) computed from ``logits[t-1]``;
-    position 0 has no prediction and holds 0. Entropy H_t = logsumexp(z) - sum softmax(z) * z.
+        logits [N, V] (the hidden state that predicts each target), targets [N]
+        log p = z[target] - logsumexp(z)          H = logsumexp(z) - sum softmax(z) * z
+
+    Computed in float32 whatever the logits' dtype.
     """
-    logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
+    logits = logits.float()
     lse = torch.logsumexp(logits, dim=-1)
     logp = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    logp = torch.nn.functional.pad(logp, (1, 0))
-    entropy = None
-    if with_entropy:
-        probs = torch.softmax(logits, dim=-1)
-        entropy = torch.nn.functional.pad(lse - (probs * logits).sum(-1), (1, 0))
+    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1) if with_entropy else None
     return logp, entropy
 
 
@@ -75,36 +73,35 @@ def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: 
     raise ValueError(f"KL estimator must be one of {[e.value for e in KLEstimator]}, got {estimator!r}")
 
 
-def masked_token_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum()
-
-
-def aggregate_loss(values: torch.Tensor, mask: torch.Tensor, mode: LossAgg | str, num_tokens: float | torch.Tensor,
+def aggregate_loss(values: torch.Tensor, token_sequence: torch.Tensor, response_lengths: torch.Tensor,
+                   mode: LossAgg | str, num_tokens: float | torch.Tensor,
                    num_seqs: float | torch.Tensor) -> torch.Tensor:
-    """Reduce per-token values to the loss of one micro-batch, normalised for the *whole* batch.
+    """Reduce one micro-batch's per-token values (``[R]``) to its loss, normalised for the *whole* batch.
 
-    ``num_tokens`` / ``num_seqs`` count loss tokens / sequences over the whole optimizer batch
-    (every micro-batch and rank), so the sum of the micro-batch results is the batch's value:
+    ``num_tokens`` / ``num_seqs`` count loss tokens / sequences with at least one response token over
+    the whole optimizer batch (every micro-batch and rank), so the sum of the micro-batch results is
+    the batch's value. With y_i the response tokens of sequence i:
 
-    - ``token_mean`` (OR1): sum_i sum_t v_it / num_tokens — every token weighs the same.
+    - ``token_mean`` (OR1): sum_i sum_{t in y_i} v_it / num_tokens — every token weighs the same.
     - ``seq_mean_token_mean`` (original GRPO): sum_i [sum_t v_it / |y_i|] / num_seqs.
     - ``seq_mean_token_sum`` (Dr. GRPO-like): sum_i sum_t v_it / num_seqs.
 
-    Sequences without loss tokens contribute 0; an empty batch gives 0, never NaN.
+    ``token_sequence`` ([R], values 0..S-1) and ``response_lengths`` ([S], |y_i|) place the tokens
+    in their sequences. An empty batch gives 0, never NaN.
     """
     if mode == LossAgg.token_mean:
-        return token_mean(values, mask, num_tokens)
+        return token_mean(values, num_tokens)
     num_seqs = torch.clamp(torch.as_tensor(num_seqs, dtype=values.dtype), min=1.0)
-    per_seq = (values * mask).sum(-1)
-    if mode == LossAgg.seq_mean_token_mean:
-        per_seq = per_seq / mask.sum(-1).clamp(min=1.0)
-    elif mode != LossAgg.seq_mean_token_sum:
+    if mode == LossAgg.seq_mean_token_sum:
+        return values.sum() / num_seqs
+    if mode != LossAgg.seq_mean_token_mean:
         raise ValueError(f"loss aggregation must be one of {[m.value for m in LossAgg]}, got {mode!r}")
-    return per_seq.sum() / num_seqs
+    lengths = response_lengths.to(device=values.device, dtype=values.dtype).clamp(min=1.0)
+    return (values / lengths[token_sequence.to(values.device)]).sum() / num_seqs
 
 
-def token_mean(values: torch.Tensor, mask: torch.Tensor, num_tokens: float | torch.Tensor) -> torch.Tensor:
-    """OR1's token-level aggregation: sum over the masked tokens / ``num_tokens``.
+def token_mean(values: torch.Tensor, num_tokens: float | torch.Tensor) -> torch.Tensor:
+    """OR1's token-level aggregation: sum of the response tokens' values / ``num_tokens``.
 
     ``num_tokens`` is the number of loss tokens in the *whole* batch (all micro-batches, all
     ranks), so summing this over micro-batches gives exactly the batch's token mean; there is
@@ -112,47 +109,56 @@ def token_mean(values: torch.Tensor, mask: torch.Tensor, num_tokens: float | tor
     result is 0, never NaN.
     """
     num_tokens = torch.as_tensor(num_tokens, dtype=values.dtype)
-    return masked_token_sum(values, mask) / torch.clamp(num_tokens, min=1.0)
+    return values.sum() / torch.clamp(num_tokens, min=1.0)
 
 
 class TokenStatsHead(torch.nn.Module):
-    """Stands in for a causal LM's ``lm_head``: returns ``[B, L, 2]`` (log-prob of each token, entropy
-    there; the layout of ``token_log_probs_and_entropy``) instead of ``[B, L, vocab]`` logits.
+    """Stands in for a causal LM's ``lm_head`` in the learner: returns ``[N, 2]`` (the log-prob of each
+    selected target, the entropy there) for the N selected positions, never ``[B, L, vocab]`` logits.
 
-    The logits are computed ``chunk_tokens`` positions at a time, each chunk under activation
-    checkpointing, so neither the forward nor the backward pass ever holds more than one chunk
-    of float32 logits: at 32K tokens and a 152K vocabulary the full tensor alone is ~19 GiB, its
-    softmax and gradient twice that. The head keeps the original ``weight`` Parameter, so
-    parameter names, weight tying and sharding are unchanged. ``targets`` (the batch's input ids)
-    must be set before each forward.
+    Before each forward the learner calls ``select(positions, targets)``: ``positions`` are flat
+    indices into the ``[B * L]`` hidden states (the positions that predict response tokens),
+    ``targets`` the tokens they predict. Prompt positions and padding never reach the vocabulary
+    projection.
+
+    ``chunk_tokens > 0`` (``learner.logits_chunk_tokens``): the logits are computed that many
+    positions at a time, each chunk under activation checkpointing, so neither the forward nor the
+    backward pass ever holds more than one chunk of float32 logits (at 32K tokens and a 152K
+    vocabulary the full tensor alone is ~19 GiB, its softmax and gradient twice that). 0: all at
+    once. The head keeps the original ``weight`` Parameter, so parameter names, weight tying and
+    sharding are unchanged.
     """
 
-    def __init__(self, lm_head: torch.nn.Linear, chunk_tokens: int):
+    def __init__(self, lm_head: torch.nn.Linear, chunk_tokens: int = 0):
         super().__init__()
         self.weight = lm_head.weight
         self.bias = lm_head.bias
         self.chunk_tokens = chunk_tokens
+        self.positions: torch.Tensor | None = None
         self.targets: torch.Tensor | None = None
+        self.with_entropy = True
+
+    def select(self, positions: torch.Tensor | None, targets: torch.Tensor | None, with_entropy: bool = True) -> None:
+        """The positions (flat) and targets of the next forward; ``select(None, None)`` clears them."""
+        self.positions, self.targets, self.with_entropy = positions, targets, with_entropy
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint
 
-        if self.targets is None or self.targets.shape != hidden.shape[:2]:
-            raise RuntimeError("TokenStatsHead.targets must hold the input ids of this forward")
-        batch, length, width = hidden.shape
-        flat_hidden = hidden[:, :-1].reshape(-1, width)
-        flat_targets = self.targets[:, 1:].reshape(-1)
-        parts = [checkpoint(_chunk_token_stats, flat_hidden[s:s + self.chunk_tokens],
-                            flat_targets[s:s + self.chunk_tokens], self.weight, self.bias, use_reentrant=False)
-                 for s in range(0, flat_hidden.shape[0], self.chunk_tokens)]
-        stats = torch.cat(parts) if parts else flat_hidden.new_zeros((0, 2), dtype=torch.float32)
-        return torch.nn.functional.pad(stats.view(batch, length - 1, 2), (0, 0, 1, 0))
+        if self.positions is None or self.targets is None or self.positions.shape != self.targets.shape:
+            raise RuntimeError("TokenStatsHead.select(positions, targets) must be called before each forward")
+        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.positions)
+        step = self.chunk_tokens if self.chunk_tokens > 0 else max(selected.shape[0], 1)
+        parts = []
+        for s in range(0, selected.shape[0], step):
+            args = (selected[s:s + step], self.targets[s:s + step], self.weight, self.bias, self.with_entropy)
+            parts.append(checkpoint(_chunk_token_stats, *args, use_reentrant=False) if self.chunk_tokens > 0
+                         else _chunk_token_stats(*args))
+        return torch.cat(parts) if parts else selected.new_zeros((0, 2), dtype=torch.float32)
 
 
 def _chunk_token_stats(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                       bias: torch.Tensor | None) -> torch.Tensor:
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
-    lse = torch.logsumexp(logits, dim=-1)
-    logp = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return torch.stack([logp, entropy], dim=-1)
+                       bias: torch.Tensor | None, with_entropy: bool) -> torch.Tensor:
+    logp, entropy = token_log_probs_and_entropy(torch.nn.functional.linear(hidden, weight, bias), targets,
+                                                with_entropy)
+    return torch.stack([logp, entropy if entropy is not None else torch.zeros_like(logp)], dim=-1)

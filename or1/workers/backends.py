@@ -211,8 +211,8 @@ class DeepSpeedBackend:
 def deepspeed_config(optim_cfg: OptimConfig, learner_cfg: LearnerConfig) -> dict:
     """or1's DeepSpeed config; ``learner.deepspeed_config`` is merged over it (nested dicts too)."""
     config = {
-        # DeepSpeed insists on a batch size; or1 feeds micro-batches itself and marks the boundary.
-        "train_micro_batch_size_per_gpu": learner_cfg.micro_batch_sequences,
+        # DeepSpeed insists on a batch size; or1 feeds packed micro-batches itself and marks the boundary.
+        "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": optim_cfg.grad_clip if optim_cfg.grad_clip > 0 else 0.0,
         "zero_optimization": {"stage": learner_cfg.zero_stage},

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from or1.batch import shard_rows, unshard_rows
+from or1.algo.packing import balance_ranks
+from or1.batch import SequenceBatch
 from or1.workers.learner import RANK_PARTIAL_METRICS
 from or1.workers.rollout import Sample
 
@@ -30,14 +31,20 @@ class LearnerGroup:
     def world_size(self) -> int:
         return len(self.actors)
 
-    def compute_log_probs(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
-        shards = shard_rows(batch, self.world_size)
-        parts = _get([a.compute_log_probs.remote(s, reference) for a, s in zip(self.actors, shards)])
-        return unshard_rows(parts, batch["input_ids"].shape[0])
+    def shard(self, batch: SequenceBatch) -> tuple[list[list[int]], list[SequenceBatch]]:
+        """Each rank's sequences (balanced by tokens, ``or1.algo.packing.balance_ranks``) and its batch."""
+        rows = balance_ranks(batch.sequence_lengths().tolist(), self.world_size)
+        return rows, [batch.select(r) for r in rows]
 
-    def update(self, batch: dict[str, torch.Tensor], entropy_coef: float) -> dict[str, float]:
+    def compute_log_probs(self, batch: SequenceBatch, reference: bool = False) -> torch.Tensor:
+        """``[batch.num_response_tokens]`` log-probs in the batch's order."""
+        rows, shards = self.shard(batch)
+        parts = _get([a.compute_log_probs.remote(s, reference) for a, s in zip(self.actors, shards)])
+        return batch.scatter_response_values(parts, rows)
+
+    def update(self, batch: SequenceBatch, entropy_coef: float) -> dict[str, float]:
         """One optimizer step over all ranks; per-rank partial sums are added up."""
-        shards = shard_rows(batch, self.world_size)
+        _, shards = self.shard(batch)
         results = _get([a.update.remote(s, entropy_coef) for a, s in zip(self.actors, shards)])
         merged = dict(results[0])
         for key in merged:

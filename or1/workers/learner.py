@@ -15,15 +15,21 @@ import time
 import torch
 import torch.distributed as dist
 
-from or1.algo.losses import TokenStatsHead, aggregate_loss, kl_penalty, ppo_clip_loss, token_log_probs_and_entropy
-from or1.batch import slice_batch
+from or1.algo.losses import aggregate_loss, kl_penalty, ppo_clip_loss
+from or1.algo.packing import MicroBatch, build_micro_batch, plan_micro_batches
+from or1.batch import SequenceBatch
 from or1.config import AlgorithmConfig, LearnerConfig, ModelConfig, OptimConfig
 from or1.workers.backends import make_backend, torch_dtype, weight_buckets
+from or1.workers.varlen_attention import check_packed_attention
 from or1.workers.weight_transfer import WeightPacker
 
 # Metrics each rank reports as its share of a global sum (the group adds them up); every other
 # metric is the same on all ranks (grad norm, lr, token counts) or a time (the group takes the max).
-RANK_PARTIAL_METRICS = ("actor/pg_loss", "actor/entropy", "actor/clipfrac", "actor/approx_kl", "actor/kl_loss")
+RANK_PARTIAL_METRICS = ("actor/pg_loss", "actor/entropy", "actor/clipfrac", "actor/approx_kl", "actor/kl_loss",
+                        "actor/computed_tokens", "actor/micro_batches")
+
+# what a rank with fewer micro-batches than the others computes (with zero loss) to keep the collectives in step
+IDLE_SEQUENCE = SequenceBatch.from_lists([[0]], [[0]])
 
 
 class Learner:
@@ -56,6 +62,11 @@ class Learner:
         self.backend = make_backend(self.learner_cfg.backend, model_cfg, self.optim, self.learner_cfg,
                                     self.device, world_size, with_reference=self.algo.kl.enabled)
         self.model, self.ref_model = self.backend.model, self.backend.ref_model
+        if self.learner_cfg.padding_free:  # a model that ignores packed attention would mix sequences silently
+            config = self.backend.hf_model.config
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    check_packed_attention(model, config.num_hidden_layers, self.device, config.vocab_size)
         self._packer = WeightPacker()  # reuses its (pinned, on GPUs) staging buffer for every push
         release_cached_memory()
 
@@ -63,52 +74,73 @@ class Learner:
         return self.ref_model is not None
 
     # --- forward passes --------------------------------------------------------------------
-    def _forward(self, mb: dict[str, torch.Tensor], with_entropy: bool, model=None):
+    def _micro_batch_plan(self, batch: SequenceBatch) -> list[list[int] | None]:
+        """This rank's micro-batches (``or1.algo.packing.plan_micro_batches`` over its sequences), then
+        ``None`` entries up to the largest count of any rank: sharded backends run collectives in every
+        forward and backward, so every rank must run as many micro-batches as every other."""
+        cfg = self.learner_cfg
+        plan: list[list[int] | None] = list(plan_micro_batches(
+            batch.sequence_lengths().tolist(), cfg.max_tokens_per_micro_batch, cfg.micro_batch_sequences,
+            padded=not cfg.padding_free))
+        if self.world_size > 1:
+            count = torch.tensor([len(plan)], device=self.device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            plan += [None] * (int(count.item()) - len(plan))
+        return plan
+
+    def _micro_batch(self, batch: SequenceBatch, rows: list[int] | None) -> MicroBatch:
+        """The packed (or padded) input of ``rows``; for ``None`` (a rank with fewer micro-batches than
+        others) a two-token stand-in whose loss the caller multiplies by zero."""
+        if rows is None:
+            return build_micro_batch(IDLE_SEQUENCE, [0], self.learner_cfg.padding_free)
+        return build_micro_batch(batch, rows, self.learner_cfg.padding_free)
+
+    def _token_stats(self, mb: MicroBatch, with_entropy: bool, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-prob (and entropy) of every response token of the micro-batch, ``[R]`` each, from one
+        forward; the head projects only the positions that predict response tokens."""
         model = model or self.model
-        input_ids = mb["input_ids"].to(self.device)
         head = getattr(model, "module", model).lm_head  # a DeepSpeed engine wraps the HF model
-        chunked = isinstance(head, TokenStatsHead)  # learner.logits_chunk_tokens: per-token stats, not logits
-        if chunked:
-            head.targets = input_ids
-        out = model(input_ids=input_ids, attention_mask=mb["attention_mask"].to(self.device), use_cache=False).logits
-        if chunked:
-            head.targets = None
-            return out[..., 0], out[..., 1] if with_entropy else None
-        return token_log_probs_and_entropy(out, input_ids, with_entropy)
+        head.select(mb.logit_positions.to(self.device), mb.targets.to(self.device), with_entropy)
+        try:
+            stats = model(**mb.model_inputs(self.device), use_cache=False).logits
+        finally:
+            head.select(None, None)
+        return stats[:, 0], stats[:, 1]
 
     @torch.no_grad()
-    def compute_log_probs(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
-        """Log-prob of every token (``[B, L]``, aligned with ``input_ids``) under the current
-        policy, or under the frozen reference policy with ``reference=True``."""
+    def compute_log_probs(self, batch: SequenceBatch, reference: bool = False) -> torch.Tensor:
+        """Log-prob of every response token (``[batch.num_response_tokens]``, the batch's per-token
+        order) under the current policy, or under the frozen reference policy with ``reference=True``.
+        Every rank calls it together, each with its own sequences."""
         if reference and self.ref_model is None:
             raise RuntimeError("no reference model: set algorithm.kl.enabled=true to load one")
         model = self.ref_model if reference else self.model
         model.eval()
-        out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-        mbs = self.learner_cfg.micro_batch_sequences
-        for start in range(0, out.shape[0], mbs):
-            mb = slice_batch(batch, start, start + mbs)
-            logp, _ = self._forward(mb, with_entropy=False, model=model)
-            out[start:start + mbs, : logp.shape[1]] = logp.float().cpu()
+        out = torch.zeros(batch.num_response_tokens, dtype=torch.float32)
+        for rows in self._micro_batch_plan(batch):
+            mb = self._micro_batch(batch, rows)
+            logp, _ = self._token_stats(mb, with_entropy=False, model=model)
+            if rows is not None:
+                out[mb.response_index] = logp.float().cpu()
         return out
 
     # --- the policy update -----------------------------------------------------------------
-    def update(self, batch: dict[str, torch.Tensor], entropy_coef: float = 0.0) -> dict[str, float]:
-        """One optimizer step on this rank's share of the batch (needs ``old_log_probs`` and
-        ``advantages``; with the KL loss on, ``ref_log_probs`` too). Every rank calls it together,
-        with the same number of rows (``or1.batch.shard_rows`` pads).
+    def update(self, batch: SequenceBatch, entropy_coef: float = 0.0) -> dict[str, float]:
+        """One optimizer step on this rank's sequences (``batch.old_log_probs`` and ``advantages`` set;
+        with the KL loss on, ``ref_log_probs`` too). Every rank calls it together.
 
             loss = agg(clipped PG) - entropy_coef * agg(entropy) + kl_coef * agg(KL)
 
         ``agg`` (``algorithm.loss_agg_mode``) normalises by token / sequence counts of the whole
-        batch (all micro-batches, all ranks), so gradient accumulation and data parallelism
-        reproduce the single-batch gradient exactly (OR1's token_mean: every response token
-        weighs the same). Rows without response tokens (padding rows) count for nothing.
+        batch (all micro-batches, all ranks), so micro-batching, packing and data parallelism
+        reproduce the single-batch gradient exactly (OR1's token_mean: every response token weighs
+        the same). Sequences without response tokens count for nothing.
         """
         t0 = time.time()
+        if batch.old_log_probs is None:
+            raise ValueError("update needs batch.old_log_probs (compute_log_probs first)")
         self.model.train()
-        mask_all = batch["response_mask"]
-        counts = torch.stack([mask_all.sum(), (mask_all.sum(1) > 0).sum().float()])
+        counts = torch.tensor([float(batch.num_response_tokens), float((batch.response_lengths > 0).sum())])
         if self.world_size > 1:
             counts = counts.to(self.device)
             dist.all_reduce(counts)
@@ -118,38 +150,46 @@ class Learner:
             return {"actor/skipped_update": 1.0, "actor/num_tokens": 0.0}
         a = self.algo
         mode, use_kl = a.loss_agg_mode, a.kl.enabled
-
-        def agg(values, mask):
-            return aggregate_loss(values, mask, mode, num_tokens, num_seqs)
+        if use_kl and batch.ref_log_probs is None:
+            raise ValueError("algorithm.kl.enabled needs batch.ref_log_probs")
 
         sums = {"pg_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "kl_loss": 0.0}
+        computed_tokens = 0
         self.backend.zero_grad()
-        mbs = self.learner_cfg.micro_batch_sequences
-        starts = range(0, mask_all.shape[0], mbs)
-        for start in starts:
-            mb = slice_batch(batch, start, start + mbs)
-            mask = mb["response_mask"].to(self.device)
-            logp, entropy = self._forward(mb, with_entropy=True)
-            old = mb["old_log_probs"].to(self.device)
-            adv = mb["advantages"].to(self.device).unsqueeze(1)
-            pg, clipped = ppo_clip_loss(logp, old, adv, a.clip_low, a.clip_high, a.dual_clip)
-            pg_loss = agg(pg, mask)
-            entropy_loss = agg(entropy, mask)
+        plan = self._micro_batch_plan(batch)
+        for k, rows in enumerate(plan):
+            mb = self._micro_batch(batch, rows)
+            computed_tokens += mb.computed_tokens if rows is not None else 0
+
+            def agg(values, mode=mode):
+                return aggregate_loss(values, mb.token_sequence.to(self.device), mb.response_lengths, mode,
+                                      num_tokens, num_seqs)
+
+            logp, entropy = self._token_stats(mb, with_entropy=True)
+            if rows is None:  # a stand-in: the same collectives as a real micro-batch, no gradient
+                self.backend.backward(logp.sum() * 0.0, last_micro_batch=k == len(plan) - 1)
+                continue
+            old = batch.old_log_probs[mb.response_index].to(self.device)
+            pg, clipped = ppo_clip_loss(logp, old, mb.advantages.to(self.device), a.clip_low, a.clip_high,
+                                        a.dual_clip)
+            pg_loss = agg(pg)
+            entropy_loss = agg(entropy)
             loss = pg_loss - entropy_coef * entropy_loss if entropy_coef > 0 else pg_loss
             if use_kl:
-                kl_loss = agg(kl_penalty(logp, mb["ref_log_probs"].to(self.device), a.kl.estimator), mask)
+                ref = batch.ref_log_probs[mb.response_index].to(self.device)
+                kl_loss = agg(kl_penalty(logp, ref, a.kl.estimator))
                 loss = loss + a.kl.coef * kl_loss
                 sums["kl_loss"] += kl_loss.item()
             # the backends average gradients over ranks; the loss is already a global mean
-            self.backend.backward(loss * self.world_size, last_micro_batch=start == starts[-1])
+            self.backend.backward(loss * self.world_size, last_micro_batch=k == len(plan) - 1)
             with torch.no_grad():
                 sums["pg_loss"] += pg_loss.item()
                 # logged as a plain token mean whatever the aggregation, so runs stay comparable
-                sums["entropy"] += aggregate_loss(entropy, mask, "token_mean", num_tokens, num_seqs).item()
-                sums["clipfrac"] += agg(clipped, mask).item()
+                sums["entropy"] += agg(entropy, "token_mean").item()
+                sums["clipfrac"] += agg(clipped).item()
                 # k3 estimator of KL(old || new), a health signal only
                 log_ratio = logp - old
-                sums["approx_kl"] += agg(torch.exp(log_ratio) - 1 - log_ratio, mask).item()
+                sums["approx_kl"] += agg(torch.exp(log_ratio) - 1 - log_ratio).item()
         lr_used = self.backend.lr()
         grad_norm = self.backend.step(self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf"))
         # gradients freed now, not at the next update: colocated, vLLM generates in that memory
@@ -161,6 +201,9 @@ class Learner:
         metrics["actor/lr"] = lr_used
         metrics["actor/num_tokens"] = float(num_tokens)
         metrics["actor/skipped_update"] = 0.0
+        # this rank's share of the work: what it computed (padding included) and in how many forwards
+        metrics["actor/computed_tokens"] = float(computed_tokens)
+        metrics["actor/micro_batches"] = float(sum(rows is not None for rows in plan))
         metrics["time/learner_update"] = time.time() - t0
         release_cached_memory()
         return metrics

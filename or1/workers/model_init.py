@@ -112,14 +112,22 @@ def model_config(model_cfg: ModelConfig):
 
 
 def adapt_for_training(model, learner_cfg: LearnerConfig, trainable: bool):
-    """Gradient checkpointing and the chunked-logits head (``learner.logits_chunk_tokens``); both keep
-    parameter names, so sharding and checkpoints see the same model."""
+    """What the learner needs of a freshly built model, before it is sharded; parameter names stay, so
+    sharding and checkpoints see the same model:
+
+    - ``lm_head`` becomes ``or1.algo.losses.TokenStatsHead``: log-prob and entropy at the positions
+      that predict response tokens only, in chunks with ``learner.logits_chunk_tokens``;
+    - packed attention (``or1.workers.varlen_attention``) with ``learner.padding_free``;
+    - gradient checkpointing with ``learner.gradient_checkpointing``.
+    """
     from or1.algo.losses import TokenStatsHead
+    from or1.workers.varlen_attention import use_varlen_attention
 
     if trainable and learner_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if learner_cfg.logits_chunk_tokens > 0:
-        model.lm_head = TokenStatsHead(model.lm_head, learner_cfg.logits_chunk_tokens)
+    if learner_cfg.padding_free:
+        use_varlen_attention(model)
+    model.lm_head = TokenStatsHead(model.lm_head, learner_cfg.logits_chunk_tokens)
     return model
 
 
