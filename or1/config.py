@@ -247,6 +247,10 @@ class FilterConfig:
     drop_zero_advantage: bool = True
     refill: bool = False  # generate for more prompts until trainer.prompts_per_step groups are kept (DAPO)
     max_refill_rounds: int = 4  # extra generation rounds per step at most; then train on what was kept
+    # a refill round asks for deficit / p prompts, p the running fraction of groups with a non-zero advantage
+    # (or1.algo.filters.refill_prompts), at most this many times the deficit, so one round usually fills the
+    # batch; surplus groups are not trained on. 1: ask for the deficit only
+    max_oversample: float = 4.0
     drop_mastered: bool = False  # prompts whose group accuracy reached mastered_threshold leave later epochs
     mastered_threshold: float = 1.0
 
@@ -626,6 +630,8 @@ def validate_config(cfg: OR1Config) -> list[str]:
          "implement (FSDP2 would train without it, DeepSpeed would silently compute in float32); use bfloat16")
     need(cfg.model.dtype != DType.float16,
          "model.dtype=float16 is not supported for the master weights; use float32 (or bfloat16)")
+    need(cfg.algorithm.filter.max_oversample >= 1, "algorithm.filter.max_oversample must be >= 1 (1: refill "
+         f"rounds ask for the deficit only), got {cfg.algorithm.filter.max_oversample}")
     need(lr.num_workers >= 1, f"learner.num_workers must be >= 1, got {lr.num_workers}")
     need(lr.max_tokens_per_micro_batch >= 0, "learner.max_tokens_per_micro_batch must be >= 0 (0: by "
          f"learner.micro_batch_sequences), got {lr.max_tokens_per_micro_batch}")

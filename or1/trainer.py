@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from or1.algo.advantages import apply_truncation_mask
 from or1.algo.entropy import make_entropy_bonus
-from or1.algo.filters import mastered_groups, select_groups
+from or1.algo.filters import InformativeFraction, groups_with_signal, mastered_groups, refill_prompts, select_groups
 from or1.algo.minibatch import plan_mini_batches
 from or1.algo.sample_buffer import SelectiveSampleBuffer
 from or1.algo.stages import stage_at
@@ -112,6 +112,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.train_data), seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
         self.data_fingerprint = self.train_data.fingerprint()  # a resumed run checks it trains on the same prompts
         self.entropy = make_entropy_bonus(algo.entropy)
+        self.informative = InformativeFraction()  # refill rounds oversample by 1 / this
         self.buffer = SelectiveSampleBuffer(algo.sample_buffer.capacity_groups) if algo.sample_buffer.enabled else None
         self.step = 0
         self.run_id = uuid.uuid4().hex[:12]
@@ -182,13 +183,17 @@ class Trainer:
         generated: list[Group] = []
         scores: list[RewardScores] = []
         stats = {"filter/refill_rounds": 0.0, "filter/mastered_new": 0.0}
+        refill_asked = refill_deficit = 0
         for round_ in range(rounds):
             need = target - len(kept)
             if need <= 0:
                 break
+            ask = need
             if round_ > 0:
                 stats["filter/refill_rounds"] += 1
-            indices = self.sampler.next_batch(need)
+                ask = refill_prompts(need, self.informative.value, f.max_oversample)
+                refill_asked, refill_deficit = refill_asked + ask, refill_deficit + need
+            indices = self.sampler.next_batch(ask)
             samples, scored = self.generate_and_score(
                 self.train_data, indices, n, cfg.rollout.temperature,
                 sampling_seeds(cfg.trainer.seed, self.step, len(indices), round_), max_tokens, timer)
@@ -200,8 +205,10 @@ class Trainer:
                 done = mastered_groups(torch.stack([g.correct for g in groups]), f.mastered_threshold)
                 stats["filter/mastered_new"] += self.sampler.mark_mastered(
                     [g.prompt_index for g, m in zip(groups, done.tolist()) if m])
-            chosen = select_groups(torch.stack([g.advantages for g in groups]), need, f.drop_zero_advantage)
+            advantages = torch.stack([g.advantages for g in groups])
+            chosen = select_groups(advantages, need, f.drop_zero_advantage)
             kept += [groups[i] for i in chosen]
+            self.informative.observe(int(groups_with_signal(advantages).sum()), len(groups))
         with_signal = [bool((g.advantages != 0).any()) for g in generated]
         stats.update({
             "filter/groups_generated": float(len(generated)),
@@ -209,6 +216,9 @@ class Trainer:
             "filter/groups_dropped": float(len(generated) - len(kept)),
             "filter/informative_frac": float(np.mean(with_signal)),  # groups with a non-zero advantage
             "filter/mastered_total": float(len(self.sampler.mastered)),
+            # refill rounds' prompts per missing group (1: no oversampling; 0: no refill round)
+            "filter/oversample": refill_asked / refill_deficit if refill_deficit else 0.0,
+            "filter/informative_estimate": self.informative.value,  # p, the running estimate after this step
         })
         return kept, generated, RewardScores.concat(scores), stats
 
@@ -426,6 +436,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),  # data position and the mastered-prompt set
             "data_fingerprint": self.data_fingerprint,
             "entropy_controller": self.entropy.state_dict(),
+            "informative_estimate": self.informative.state_dict(),
             "sample_buffer": self.buffer.state_dict() if self.buffer is not None else None,
             "run_id": self.run_id,
             "world_size": self.cfg.learner.num_workers,
@@ -446,6 +457,8 @@ class Trainer:
                      self.sampler.epoch, self.sampler.position, self.sampler.size, self.cfg.trainer.seed,
                      len(self.sampler.mastered))
         self.entropy.load_state_dict(state["entropy_controller"])
+        if "informative_estimate" in state:  # checkpoints before 2026-11-24 start the estimate afresh
+            self.informative.load_state_dict(state["informative_estimate"])
         if self.buffer is not None and state.get("sample_buffer"):
             self.buffer.load_state_dict(state["sample_buffer"])
         self.run_id = state.get("run_id", self.run_id)

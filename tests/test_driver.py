@@ -119,6 +119,29 @@ def test_replayed_groups_keep_their_stored_advantages(tmp_path):
     assert second["rollout/logprob_abs_diff"] == 0.0 and second["train/groups"] == 1
 
 
+def test_refill_asks_for_the_deficit_over_the_informative_fraction(tmp_path):
+    """Even prompts are informative, odd ones all wrong. Round 0 keeps 2 of 4; the estimate becomes
+    0.7 * 1 + 0.3 * 0.5 = 0.85, so the refill round asks for ceil(2 / 0.85) = 3 prompts and fills the
+    batch at once; asking for the deficit only (max_oversample=1) takes two refill rounds."""
+    informative_even = by_prompt({}, default=lambda i, n: mixed(i, n) if i % 2 == 0 else [Outcome(False)] * n)
+    runs = {}
+    for cap in (4.0, 1.0):
+        cfg = config(tmp_path / str(cap), **{"algorithm.filter.refill": True, "trainer.prompts_per_step": 4,
+                                             "data.shuffle": False, "algorithm.filter.max_oversample": cap})
+        trainer = make_trainer(cfg, informative_even, num_prompts=16)
+        runs[cap] = (trainer.train_step(), trainer)
+    m, trainer = runs[4.0]
+    assert trainer.rollouts.calls[1]["prompts"] == [4, 5, 6]
+    assert m["filter/refill_rounds"] == 1 and m["filter/oversample"] == pytest.approx(1.5)
+    assert kept_prompts(trainer.learners) == [0, 2, 4, 6]
+    assert m["filter/informative_estimate"] == pytest.approx(0.7 * 0.85 + 0.3 * 2 / 3)
+    assert trainer.state_dict()["informative_estimate"]["value"] == pytest.approx(m["filter/informative_estimate"])
+    m, trainer = runs[1.0]
+    assert [c["prompts"] for c in trainer.rollouts.calls[1:]] == [[4, 5], [6]]
+    assert m["filter/refill_rounds"] == 2 and m["filter/oversample"] == 1.0
+    assert kept_prompts(trainer.learners) == [0, 2, 4, 6]
+
+
 # --- item 8: metrics over every refill round, and of what was trained --------------------------
 def test_reward_metrics_cover_every_refill_round_and_train_metrics_what_was_trained(tmp_path):
     table = {0: [Outcome(False)] * 4, 1: [Outcome(False)] * 4,
