@@ -129,25 +129,11 @@ def build_and_run(cfg: OR1Config) -> dict:
                                                                              max_tokens))
 
 
-def run(cfg) -> None:
-    """Hydra's task function."""
-    from or1.train import run_command
-
-    run_command(cfg, build_and_run)
-
-
 def main() -> None:
-    import hydra
+    from or1.train import command_main
 
-    from or1.config import register_configs
-    from or1.train import RECIPES_DIR, _translate_argv
-
-    register_configs()
     output = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("eval.output=")), "eval.json")
-    run_dir = str(Path(output).parent.resolve())
-    sys.argv = [sys.argv[0], *_translate_argv(sys.argv[1:], default_recipe=None, run_dir=run_dir),
-                "hydra.output_subdir=null"]
-    hydra.main(config_path=str(RECIPES_DIR), config_name="or1_config", version_base=None)(run)()
+    command_main(build_and_run, str(Path(output).parent.resolve()), "hydra.output_subdir=null")
 
 
 if __name__ == "__main__":

@@ -46,18 +46,25 @@ def run(cfg) -> dict:
         trainer.shutdown()
 
 
-def run_command(cfg, build_and_run) -> None:
-    """Hydra's task function for the commands that read a given model and data and create neither
-    (``or1.data.filter``, ``or1.eval``): the typed config, input mistakes as one line."""
+def command_main(build_and_run, run_dir: str, *overrides: str) -> None:
+    """``main`` of the commands that read a given model and data and create neither (``or1.data.filter``,
+    ``or1.eval``): the bare schema composed from the command line (``recipe=`` optional), Hydra's run
+    directory ``run_dir``; ``build_and_run(typed config)`` runs with input mistakes as one line."""
+    import hydra
     from omegaconf import OmegaConf
 
-    from or1.config import refuse_unknown_keys
+    from or1.config import refuse_unknown_keys, register_configs
 
-    with input_errors_as_exit():
-        refuse_unknown_keys(cfg)
-        typed = OmegaConf.to_object(cfg)
-        typed.tiny.enabled = False  # no tiny model or data is created for them
-        build_and_run(typed)
+    def run(cfg) -> None:
+        with input_errors_as_exit():
+            refuse_unknown_keys(cfg)
+            typed = OmegaConf.to_object(cfg)
+            typed.tiny.enabled = False  # no tiny model or data is created for them
+            build_and_run(typed)
+
+    register_configs()
+    sys.argv = [sys.argv[0], *_translate_argv(sys.argv[1:], default_recipe=None, run_dir=run_dir), *overrides]
+    hydra.main(config_path=str(RECIPES_DIR), config_name="or1_config", version_base=None)(run)()
 
 
 class input_errors_as_exit:

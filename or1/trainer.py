@@ -183,7 +183,7 @@ class Trainer:
         generated: list[Group] = []
         scores: list[RewardScores] = []
         stats = {"filter/refill_rounds": 0.0, "filter/mastered_new": 0.0}
-        refill_asked = refill_deficit = 0
+        refill_asked = refill_deficit = informative = 0
         for round_ in range(rounds):
             need = target - len(kept)
             if need <= 0:
@@ -208,13 +208,14 @@ class Trainer:
             advantages = torch.stack([g.advantages for g in groups])
             chosen = select_groups(advantages, need, f.drop_zero_advantage)
             kept += [groups[i] for i in chosen]
-            self.informative.observe(int(groups_with_signal(advantages).sum()), len(groups))
-        with_signal = [bool((g.advantages != 0).any()) for g in generated]
+            round_informative = int(groups_with_signal(advantages).sum())
+            informative += round_informative
+            self.informative.observe(round_informative, len(groups))
         stats.update({
             "filter/groups_generated": float(len(generated)),
             "filter/groups_kept": float(len(kept)),
             "filter/groups_dropped": float(len(generated) - len(kept)),
-            "filter/informative_frac": float(np.mean(with_signal)),  # groups with a non-zero advantage
+            "filter/informative_frac": informative / len(generated),  # groups with a non-zero advantage
             "filter/mastered_total": float(len(self.sampler.mastered)),
             # refill rounds' prompts per missing group (1: no oversampling; 0: no refill round)
             "filter/oversample": refill_asked / refill_deficit if refill_deficit else 0.0,

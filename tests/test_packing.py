@@ -4,7 +4,7 @@ packed attention kernel: pure functions, checked by hand and against dense refer
 import pytest
 import torch
 
-from or1.algo.packing import balance_ranks, build_micro_batch, micro_batch_tokens, plan_micro_batches
+from or1.algo.packing import balance_ranks, build_micro_batch, plan_micro_batches
 from or1.batch import SequenceBatch
 
 
@@ -32,6 +32,11 @@ def test_sequence_batch_layout_select_and_scatter():
         b.with_values(old_log_probs=torch.zeros(3))
     with pytest.raises(ValueError, match="prompt token"):
         SequenceBatch.from_lists([[]], [[1]])
+
+
+def micro_batch_tokens(lengths: list[int], padded: bool) -> int:
+    """Tokens one forward computes: their sum packed, rows x the longest row padded."""
+    return len(lengths) * max(lengths) if padded else sum(lengths)
 
 
 def test_first_fit_decreasing_respects_the_budget_and_runs_long_sequences_alone():

@@ -18,23 +18,15 @@ import torch
 from or1.batch import SequenceBatch, spans
 
 
-def micro_batch_tokens(lengths: Sequence[int], padded: bool) -> int:
-    """Tokens one forward computes for sequences of these lengths: their sum when packed, rows x
-    the longest row when padded."""
-    if not lengths:
-        return 0
-    return len(lengths) * max(lengths) if padded else sum(lengths)
-
-
 def plan_micro_batches(lengths: Sequence[int], max_tokens: int, max_sequences: int = 0,
                        padded: bool = False) -> list[list[int]]:
     """Micro-batches (lists of sequence indices) of at most ``max_tokens`` computed tokens each.
 
     First-fit decreasing: sequences, longest first (ties by index), each go into the first
-    micro-batch with room, else open a new one. Room means the micro-batch's tokens
-    (``micro_batch_tokens``) stay within ``max_tokens`` and, when ``max_sequences > 0``, it holds
-    fewer than ``max_sequences`` sequences. A sequence longer than ``max_tokens`` runs alone. FFD
-    uses at most 11/9 OPT + 1 micro-batches (Dosa 2007).
+    micro-batch with room, else open a new one. Room means the micro-batch's computed tokens (their
+    sum when packed; rows x the longest row when ``padded``) stay within ``max_tokens`` and, when
+    ``max_sequences > 0``, it holds fewer than ``max_sequences`` sequences. A sequence longer than
+    ``max_tokens`` runs alone. FFD uses at most 11/9 OPT + 1 micro-batches (Dosa 2007).
 
     ``max_tokens == 0``: no token budget, ``max_sequences`` consecutive sequences per micro-batch
     in their order (the layout before packing, kept for comparisons).

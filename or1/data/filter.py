@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -287,22 +286,10 @@ def build_and_run(cfg: OR1Config) -> FilterResult:
                                                                                max_tokens))
 
 
-def run(cfg) -> None:
-    """Hydra's task function."""
-    from or1.train import run_command
-
-    run_command(cfg, build_and_run)
-
-
 def main() -> None:
-    import hydra
+    from or1.train import command_main
 
-    from or1.config import register_configs
-    from or1.train import RECIPES_DIR, _translate_argv
-
-    register_configs()
-    sys.argv = [sys.argv[0], *_translate_argv(sys.argv[1:], default_recipe=None, run_dir="${filter.output_dir}")]
-    hydra.main(config_path=str(RECIPES_DIR), config_name="or1_config", version_base=None)(run)()
+    command_main(build_and_run, "${filter.output_dir}")
 
 
 if __name__ == "__main__":

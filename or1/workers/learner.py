@@ -30,6 +30,8 @@ RANK_PARTIAL_METRICS = ("actor/pg_loss", "actor/entropy", "actor/clipfrac", "act
 
 # what a rank with fewer micro-batches than the others computes (with zero loss) to keep the collectives in step
 IDLE_SEQUENCE = SequenceBatch.from_lists([[0]], [[0]])
+# two sequences packed into one row at start-up: the model must route their attention through or1's varlen kernel
+PROBE_SEQUENCES = SequenceBatch.from_lists([[1, 2], [3]], [[4], [5, 6, 7]])
 
 
 class Learner:
@@ -63,10 +65,11 @@ class Learner:
                                     self.device, world_size, with_reference=self.algo.kl.enabled)
         self.model, self.ref_model = self.backend.model, self.backend.ref_model
         if self.learner_cfg.padding_free:  # a model that ignores packed attention would mix sequences silently
-            config = self.backend.hf_model.config
+            probe = build_micro_batch(PROBE_SEQUENCES, [0, 1], packed=True)
             for model in (self.model, self.ref_model):
-                if model is not None:
-                    check_packed_attention(model, config.num_hidden_layers, self.device, config.vocab_size)
+                if model is not None:  # a collective under FSDP2 / ZeRO-3: every rank runs it
+                    check_packed_attention(model, self.backend.hf_model.config.num_hidden_layers,
+                                           lambda: self._token_stats(probe, with_entropy=False, model=model))
         self._packer = WeightPacker()  # reuses its (pinned, on GPUs) staging buffer for every push
         release_cached_memory()
 
@@ -159,16 +162,17 @@ class Learner:
         plan = self._micro_batch_plan(batch)
         for k, rows in enumerate(plan):
             mb = self._micro_batch(batch, rows)
-            computed_tokens += mb.computed_tokens if rows is not None else 0
-
-            def agg(values, mode=mode):
-                return aggregate_loss(values, mb.token_sequence.to(self.device), mb.response_lengths, mode,
-                                      num_tokens, num_seqs)
-
+            last = k == len(plan) - 1
             logp, entropy = self._token_stats(mb, with_entropy=True)
             if rows is None:  # a stand-in: the same collectives as a real micro-batch, no gradient
-                self.backend.backward(logp.sum() * 0.0, last_micro_batch=k == len(plan) - 1)
+                self.backend.backward(logp.sum() * 0.0, last_micro_batch=last)
                 continue
+            computed_tokens += mb.computed_tokens
+            token_sequence = mb.token_sequence.to(self.device)
+
+            def agg(values, how=mode):
+                return aggregate_loss(values, token_sequence, mb.response_lengths, how, num_tokens, num_seqs)
+
             old = batch.old_log_probs[mb.response_index].to(self.device)
             pg, clipped = ppo_clip_loss(logp, old, mb.advantages.to(self.device), a.clip_low, a.clip_high,
                                         a.dual_clip)
@@ -181,7 +185,7 @@ class Learner:
                 loss = loss + a.kl.coef * kl_loss
                 sums["kl_loss"] += kl_loss.item()
             # the backends average gradients over ranks; the loss is already a global mean
-            self.backend.backward(loss * self.world_size, last_micro_batch=k == len(plan) - 1)
+            self.backend.backward(loss * self.world_size, last_micro_batch=last)
             with torch.no_grad():
                 sums["pg_loss"] += pg_loss.item()
                 # logged as a plain token mean whatever the aggregation, so runs stay comparable

@@ -18,6 +18,8 @@ attend across sequence boundaries without any error.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 VARLEN = "or1_varlen"
@@ -102,28 +104,13 @@ def use_varlen_attention(model: torch.nn.Module) -> None:
     model.set_attn_implementation(VARLEN)
 
 
-def check_packed_attention(model: torch.nn.Module, num_layers: int, device: torch.device, vocab_size: int) -> None:
-    """One tiny packed forward (two sequences) must call ``varlen_attention`` once per decoder layer.
-
-    A collective under FSDP2 / ZeRO-3: every rank runs it. Fails with what to do when the model's
-    attention ignores transformers' attention interface.
-    """
-    from or1.algo.losses import TokenStatsHead
-
+def check_packed_attention(model: torch.nn.Module, num_layers: int, packed_forward: Callable[[], object]) -> None:
+    """``packed_forward()`` (one packed forward of ``model``) must call ``varlen_attention`` once per
+    decoder layer; fails with what to do when the model's attention ignores transformers' attention
+    interface."""
     before = _calls
-    ids = (torch.arange(7, device=device) % max(vocab_size - 1, 1)).unsqueeze(0)
-    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3]], device=device)
-    cu = torch.tensor([0, 3, 7], dtype=torch.int32, device=device)
-    head = getattr(model, "module", model).lm_head
-    if isinstance(head, TokenStatsHead):
-        head.select(torch.tensor([1, 5], device=device), ids[0, [2, 6]], with_entropy=False)
-    try:
-        with torch.no_grad():
-            model(input_ids=ids, position_ids=positions, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=4,
-                  max_length_k=4, use_cache=False)
-    finally:
-        if isinstance(head, TokenStatsHead):
-            head.select(None, None)
+    with torch.no_grad():
+        packed_forward()
     calls = _calls - before
     if calls != num_layers:
         name = type(getattr(model, "module", model)).__name__
