@@ -74,6 +74,11 @@ class LearnerBackend(Choice):
     deepspeed = "deepspeed"  # DeepSpeed ZeRO
 
 
+class RefillMode(Choice):
+    rounds = "rounds"  # generate a round, score it, select; another round for the deficit
+    streaming = "streaming"  # new prompts join while the first ones generate (or1.algo.filters.PrefixRefill)
+
+
 class Placement(Choice):
     colocated = "colocated"
     split = "split"
@@ -251,6 +256,11 @@ class FilterConfig:
     # (or1.algo.filters.refill_prompts), at most this many times the deficit, so one round usually fills the
     # batch; surplus groups are not trained on. 1: ask for the deficit only
     max_oversample: float = 4.0
+    # rounds: each refill is a full generation round after the previous one was scored. streaming: groups are
+    # judged as they finish (in the order their prompts were drawn, so runs stay reproducible) and each
+    # shortfall draws new prompts into the running engines at once; at most (1 + max_refill_rounds) x
+    # prompts_per_step prompts per step, and prompts still generating once the batch is full are aborted
+    refill_mode: RefillMode = RefillMode.rounds
     drop_mastered: bool = False  # prompts whose group accuracy reached mastered_threshold leave later epochs
     mastered_threshold: float = 1.0
 
@@ -288,6 +298,11 @@ class AlgorithmConfig:
     # near-equal mini-batches (never a tiny tail step); 0: the whole batch in one step (OR1 7B/32B;
     # Math-7B: 128 of 256)
     mini_batch_groups: int = 0
+    # truncated importance sampling against the engine-vs-learner gap (on-policy): each token's loss is
+    # weighted by min(exp(logp_learner_old - logp_vllm), tis_cap), the learner's recomputation of the
+    # tokens over vLLM's (which sampled them); None: off. Not with trainer.off_policy_steps=1, whose ratio
+    # already divides by vLLM's log-probs
+    tis_cap: Optional[float] = None
     kl: KLConfig = field(default_factory=KLConfig)
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -436,6 +451,11 @@ class TrainerConfig:
     save_final: bool = True  # write the final policy in Hugging Face format to output_dir/final
     save_every: int = 0  # full checkpoint every k steps (0: only at the end); see or1/checkpoint.py
     keep_last: int = 3  # complete checkpoints kept (older ones deleted); 0 keeps all
+    # 0: on-policy, each step generates with the policy it then updates (OR1). 1: one-step off-policy, the
+    # next step's prompts are generated and scored while this step's update runs, by the policy one update
+    # behind; the PPO ratio's denominator is then vLLM's log-probs of the tokens (the behaviour policy).
+    # Needs separate resources for the two: placement=split on GPUs (the CPU plan gives each its own cores)
+    off_policy_steps: int = 0
     # auto: continue from the latest complete checkpoint in output_dir if there is one; off: start fresh;
     # a path: that checkpoint (or that run directory's latest)
     resume: str = "auto"
@@ -632,6 +652,18 @@ def validate_config(cfg: OR1Config) -> list[str]:
          "model.dtype=float16 is not supported for the master weights; use float32 (or bfloat16)")
     need(cfg.algorithm.filter.max_oversample >= 1, "algorithm.filter.max_oversample must be >= 1 (1: refill "
          f"rounds ask for the deficit only), got {cfg.algorithm.filter.max_oversample}")
+    need(a.filter.refill or a.filter.refill_mode == RefillMode.rounds,
+         "algorithm.filter.refill_mode=streaming decides refills while generating, but algorithm.filter.refill is "
+         "false: set algorithm.filter.refill=true (or leave refill_mode at rounds)")
+    need(t.off_policy_steps in (0, 1), f"trainer.off_policy_steps must be 0 (on-policy) or 1 (generation "
+         f"overlaps the previous update), got {t.off_policy_steps}")
+    need(t.off_policy_steps == 0 or t.gpus_per_node == 0 or t.placement == Placement.split,
+         "trainer.off_policy_steps=1 overlaps generation with the update, but trainer.placement=colocated puts "
+         "vLLM to sleep while the learners train: set trainer.placement=split (vLLM on GPUs of its own)")
+    need(a.tis_cap is None or a.tis_cap > 0, f"algorithm.tis_cap must be > 0 (or null: off), got {a.tis_cap}")
+    need(a.tis_cap is None or t.off_policy_steps == 0,
+         "algorithm.tis_cap reweights the learner's recomputed log-probs towards vLLM's; with "
+         "trainer.off_policy_steps=1 the ratio divides by vLLM's log-probs already: set one of them only")
     need(lr.num_workers >= 1, f"learner.num_workers must be >= 1, got {lr.num_workers}")
     need(lr.max_tokens_per_micro_batch >= 0, "learner.max_tokens_per_micro_batch must be >= 0 (0: by "
          f"learner.micro_batch_sequences), got {lr.max_tokens_per_micro_batch}")

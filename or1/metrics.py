@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 log = logging.getLogger("or1")
 
 # Console line: (metric key, label, format)
@@ -35,6 +37,8 @@ class PhaseTimer:
 
     def __init__(self, progress=None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        # durations of many small events ("reward_latency": a chunk of prompts from generated to scored)
+        self.latencies: dict[str, list[float]] = defaultdict(list)
         self.progress = progress
 
     @contextmanager
@@ -49,8 +53,20 @@ class PhaseTimer:
             if self.progress is not None:
                 self.progress.exit(name)
 
+    def merge(self, other: "PhaseTimer") -> None:
+        """Add another timer's phases and latencies (work done on another thread for this step)."""
+        for name, seconds in other.seconds.items():
+            self.seconds[name] += seconds
+        for name, values in other.latencies.items():
+            self.latencies[name] += values
+
     def metrics(self) -> dict[str, float]:
-        return {f"time/{name}": seconds for name, seconds in self.seconds.items()}
+        out = {f"time/{name}": seconds for name, seconds in self.seconds.items()}
+        for name, values in self.latencies.items():
+            if values:
+                out[f"time/{name}_p50"] = float(np.median(values))
+                out[f"time/{name}_max"] = float(max(values))
+        return out
 
 
 class MetricsLogger:

@@ -18,6 +18,7 @@ On CPU (trainer.gpus_per_node=0) every actor reserves its ``num_cpus`` cores.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -348,12 +349,13 @@ def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0,
         return PlacementGroupSchedulingStrategy(groups[group], bundle, placement_group_capture_child_tasks=capture)
 
     colocated = plan.mode == "colocated"
+    cores = cpu_cores(plan) if cfg.trainer.off_policy_steps else {}
     engines = []
     for s in plan.engines:
-        gpu_args = () if plan.mode == "cpu" else (colocated, [g % plan.gpus_per_node for g in s.gpus])
+        gpu_args = (False, None) if plan.mode == "cpu" else (colocated, [g % plan.gpus_per_node for g in s.gpus])
         engines.append(ray.remote(num_cpus=s.cpus, num_gpus=0)(RolloutWorker).options(
             scheduling_strategy=at(s, capture=plan.mode != "cpu")).remote(
-            cfg.model.path, cfg.rollout, cfg.trainer.seed + s.index, *gpu_args))
+            cfg.model.path, cfg.rollout, cfg.trainer.seed + s.index, *gpu_args, cores.get(("rollout", s.index))))
     rollouts = RolloutGroup(engines)
     if not plan.learners:  # engines only (or1.data.filter)
         return Workers(LearnerGroup([]), rollouts, groups)
@@ -370,9 +372,32 @@ def start_workers(cfg: OR1Config, plan: PlacementPlan, timeout_s: float = 120.0,
     learner_gpus = 0 if plan.mode == "cpu" else 0.5 if colocated else 1  # colocated: shared with vLLM
     learners = [ray.remote(num_cpus=s.cpus, num_gpus=learner_gpus)(Learner).options(scheduling_strategy=at(s)).remote(
         cfg.model, cfg.optim, cfg.algorithm, cfg.learner, rank=s.index, world_size=len(plan.learners),
-        master_addr=master_addr, master_port=port, seed=cfg.trainer.seed, shared_fs_marker=shared_fs_marker)
+        master_addr=master_addr, master_port=port, seed=cfg.trainer.seed, shared_fs_marker=shared_fs_marker,
+        cpu_cores=cores.get(("learner", s.index)))
         for s in plan.learners]
     return Workers(LearnerGroup(learners), rollouts, groups)
+
+
+def cpu_cores(plan: PlacementPlan, available: list[int] | None = None) -> dict[tuple[str, int], list[int]]:
+    """Cores of this machine for each actor of a one-node CPU plan whose engines generate while the
+    learners train (``trainer.off_policy_steps=1``): engines first, then learner ranks, each
+    ``floor(num_cpus)`` (at least 1) cores of its own, so neither slows the other down. Empty (no
+    pinning) when they do not fit the cores this process may use, or on GPUs / several nodes."""
+    if plan.mode != "cpu" or plan.nnodes != 1:
+        return {}
+    available = sorted(os.sched_getaffinity(0)) if available is None else available
+    slots = plan.engines + plan.learners
+    wanted = [max(1, int(s.cpus)) for s in slots]
+    if sum(wanted) > len(available):
+        log.warning("off-policy on CPU: the engines and learner ranks want %d cores of their own, this machine "
+                    "has %d: they share them (generation and training slow each other down)", sum(wanted),
+                    len(available))
+        return {}
+    out, start = {}, 0
+    for s, count in zip(slots, wanted):
+        out[(s.role, s.index)] = available[start:start + count]
+        start += count
+    return out
 
 
 class LazyEngines:
@@ -384,6 +409,13 @@ class LazyEngines:
         self.cfg, self.plan, self.on_start, self.workers = cfg, plan, on_start, None
 
     def generate(self, *args, **kwargs):
+        return self.started().generate(*args, **kwargs)
+
+    def generate_stream(self, *args, **kwargs):
+        return self.started().generate_stream(*args, **kwargs)
+
+    def started(self):
+        """The engines' ``RolloutGroup``, started now if this is the first call."""
         if self.workers is None:
             import ray
 
@@ -396,7 +428,7 @@ class LazyEngines:
             self.on_start()  # reward models (rm: terms) are Ray actors too
             ray.get([a.ready.remote() for a in self.workers.rollouts.actors])
             log.info("%d vLLM engine(s) ready in %.1fs", len(self.workers.rollouts.actors), time.time() - t0)
-        return self.workers.rollouts.generate(*args, **kwargs)
+        return self.workers.rollouts
 
     def close(self) -> None:
         if self.workers is not None:

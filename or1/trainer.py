@@ -17,6 +17,8 @@ import random
 import signal
 import time
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -27,22 +29,24 @@ from omegaconf import OmegaConf
 
 from or1.algo.advantages import apply_truncation_mask
 from or1.algo.entropy import make_entropy_bonus
-from or1.algo.filters import InformativeFraction, groups_with_signal, mastered_groups, refill_prompts, select_groups
+from or1.algo.filters import (InformativeFraction, PrefixRefill, groups_with_signal, mastered_groups, refill_prompts,
+                              select_groups)
 from or1.algo.minibatch import plan_mini_batches
 from or1.algo.sample_buffer import SelectiveSampleBuffer
 from or1.algo.stages import stage_at
 from or1.batch import Group, SequenceBatch, batch_from_groups, group_rows
 from or1.checkpoint import FAULT_ENV, STATE_FILE, CheckpointDirs
-from or1.config import OR1Config
+from or1.config import OR1Config, RefillMode
 from or1.data.dataset import EpochSampler, PromptDataset
 from or1.evaluation import ALL, score_problems, summarize
 from or1.metrics import MetricsLogger, PhaseTimer
 from or1.progress import NoProgress, Progress
 from or1.rewards.manager import RewardScores
-from or1.workers.rollout import by_prompt
+from or1.workers.rollout import Sampling, by_prompt
 
 log = logging.getLogger("or1")
 
+IN_FLIGHT_FILE = "in_flight.pt"  # off-policy: the batch generated before a checkpoint, trained after it
 VAL_STREAM = 1 << 16  # training rounds use streams 0, 1, 2, ... (refill rounds), validation this one
 
 
@@ -79,6 +83,7 @@ class Rewards(Protocol):
     """``or1.rewards.manager.RewardManager``."""
 
     def score(self, responses: list[str], rows: list[dict]) -> RewardScores: ...
+    def score_groups(self, responses: list[str], rows: list[dict], sizes: Sequence[int]) -> list[RewardScores]: ...
 
 
 @dataclass
@@ -93,6 +98,22 @@ class Components:
     val_data: PromptDataset | None = None
     sleep_rollouts: bool = False  # colocated on GPUs: vLLM gives its memory back while the learners work
     on_close: list[Callable[[], None]] = field(default_factory=list)  # run by Trainer.shutdown, in order
+
+
+@dataclass
+class StepRollout:
+    """One step's batch before training: its groups generated, scored and filter-selected
+    (``Trainer.collect_groups``), and how it was made."""
+
+    step: int  # the step (0-based) it is the batch of
+    policy_version: int  # the policy that generated it: the one after this many updates
+    kept: list[Group]
+    generated: list[Group]
+    scored: RewardScores
+    filter_stats: dict[str, float]
+    timer: PhaseTimer  # its phases (generate, reward; refill rounds added up) and reward latencies
+    wall_s: float = 0.0  # from its start to its end
+    data_epoch: int = 0  # the sampler's epoch once its prompts were drawn (the next batch may draw on meanwhile)
 
 
 class RewardFailure(RuntimeError):
@@ -115,6 +136,15 @@ class Trainer:
         self.informative = InformativeFraction()  # refill rounds oversample by 1 / this
         self.buffer = SelectiveSampleBuffer(algo.sample_buffer.capacity_groups) if algo.sample_buffer.enabled else None
         self.step = 0
+        # the policy's version (updates applied) and the version the engines hold: a push is due when they
+        # differ; a batch's staleness is the learners' version minus the one that generated it
+        self.policy_version = self.engine_version = 0
+        # trainer.off_policy_steps=1: the next step's batch, generated and scored on a background thread while
+        # this step updates (a Future), or restored from a checkpoint (a StepRollout); None: none in flight
+        self.pending: Future | StepRollout | None = None
+        self._background: ThreadPoolExecutor | None = None
+        # streaming refill: where finished prompts are scored while the engines go on (tests: inline)
+        self.make_scorer: Callable[[], Any] = lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="or1-reward")
         self.run_id = uuid.uuid4().hex[:12]
         self.failed_reward_steps = 0  # consecutive steps in which every reward failed
         self.step_samples: list[dict] = []  # trainer.log_samples rows of the last step
@@ -131,12 +161,12 @@ class Trainer:
             cfg.trainer.experiment_name, run_id=self.run_id, resume_step=self.step if resumed else None)
 
     # --- phases ----------------------------------------------------------------------------
-    def stage_limit(self) -> tuple[int, int]:
-        """(stage index, response limit in tokens) for the current step."""
+    def stage_limit(self, step: int | None = None) -> tuple[int, int]:
+        """(stage index, response limit in tokens) for ``step`` (0-based; default: the current one)."""
         stages = self.cfg.algorithm.stages
         if not stages:
             return 0, self.cfg.rollout.max_response_length
-        i = stage_at(self.step, [st.steps for st in stages])
+        i = stage_at(self.step if step is None else step, [st.steps for st in stages])
         return i, stages[i].max_response_length
 
     def generate_and_score(self, data: PromptDataset, indices: list[int], n: int, temperature: float,
@@ -146,14 +176,13 @@ class Trainer:
 
     def make_groups(self, indices: list[int], samples: list, scored: RewardScores, n: int) -> list[Group]:
         """One ``Group`` per prompt: vLLM returns each prompt's ``n`` responses together, prompts in order."""
-        groups = []
-        for g, (index, members) in enumerate(zip(indices, by_prompt(samples, n, len(indices)))):
-            rows = slice(g * n, (g + 1) * n)
-            groups.append(Group(index, self.train_data.prompt_ids[index], [s.token_ids for s in members],
-                                scored.rewards[rows], scored.correct[rows],
-                                torch.tensor([s.truncated for s in members], dtype=torch.bool),
-                                rollout_log_probs=[s.logprobs for s in members]))
-        return groups
+        return [self.make_group(index, members, scored.rewards[g * n:(g + 1) * n], scored.correct[g * n:(g + 1) * n])
+                for g, (index, members) in enumerate(zip(indices, by_prompt(samples, n, len(indices))))]
+
+    def make_group(self, index: int, members: list, rewards: torch.Tensor, correct: torch.Tensor) -> Group:
+        return Group(index, self.train_data.prompt_ids[index], [s.token_ids for s in members], rewards, correct,
+                     torch.tensor([s.truncated for s in members], dtype=torch.bool),
+                     rollout_log_probs=[s.logprobs for s in members])
 
     def assign_advantages(self, groups: list[Group]) -> None:
         """Group-normalised advantages, the truncation mask included (one round's groups share a size)."""
@@ -166,10 +195,10 @@ class Trainer:
         for g, row in zip(groups, adv):
             g.advantages = row
 
-    def collect_groups(self, max_tokens: int, timer: PhaseTimer
+    def collect_groups(self, step: int, max_tokens: int, timer: PhaseTimer
                        ) -> tuple[list[Group], list[Group], RewardScores, dict[str, float]]:
-        """Generate, score and select groups; returns (groups to train on, every group generated,
-        the scores of every round, filter stats).
+        """Generate, score and select step ``step``'s groups; returns (groups to train on, every group
+        generated, the scores of every round, filter stats).
 
         Advantages (truncation mask included) are computed first; with
         ``filter.drop_zero_advantage`` a group is kept only if one of them is non-zero
@@ -177,6 +206,8 @@ class Trainer:
         most ``max_refill_rounds`` extra rounds) until ``prompts_per_step`` groups are kept.
         """
         cfg, f = self.cfg, self.cfg.algorithm.filter
+        if f.refill and f.refill_mode == RefillMode.streaming:
+            return self.collect_streaming(step, max_tokens, timer)
         n, target = cfg.rollout.n, cfg.trainer.prompts_per_step
         rounds = 1 + (f.max_refill_rounds if f.refill else 0)
         kept: list[Group] = []
@@ -196,7 +227,7 @@ class Trainer:
             indices = self.sampler.next_batch(ask)
             samples, scored = self.generate_and_score(
                 self.train_data, indices, n, cfg.rollout.temperature,
-                sampling_seeds(cfg.trainer.seed, self.step, len(indices), round_), max_tokens, timer)
+                sampling_seeds(cfg.trainer.seed, step, len(indices), round_), max_tokens, timer)
             scores.append(scored)
             groups = self.make_groups(indices, samples, scored, n)
             self.assign_advantages(groups)
@@ -222,6 +253,129 @@ class Trainer:
             "filter/informative_estimate": self.informative.value,  # p, the running estimate after this step
         })
         return kept, generated, RewardScores.concat(scores), stats
+
+    def collect_streaming(self, step: int, max_tokens: int, timer: PhaseTimer
+                          ) -> tuple[list[Group], list[Group], RewardScores, dict[str, float]]:
+        """``collect_groups`` with ``filter.refill_mode=streaming``: prompts are drawn into the running
+        engines as ``or1.algo.filters.PrefixRefill`` decides, each finished prompt is scored on a
+        scoring thread, and groups are judged in draw order. Draw k of the step uses seed stream k.
+        The prompts drawn, the groups judged and kept, and every figure returned depend only on the
+        groups' contents, never on which finished first."""
+        cfg, f = self.cfg, self.cfg.algorithm.filter
+        n, target = cfg.rollout.n, cfg.trainer.prompts_per_step
+        planner = PrefixRefill(target, self.informative.value, f.max_oversample, target * (1 + f.max_refill_rounds))
+        session = self.rollouts.session(Sampling(n, cfg.rollout.temperature, cfg.rollout.top_p, max_tokens))
+        drawn: list[int] = []  # prompt indices in draw order; a prompt's position here is its key
+
+        def draw(count: int) -> None:
+            if count:
+                indices = self.sampler.next_batch(count)
+                seeds = sampling_seeds(cfg.trainer.seed, step, len(indices), planner.refills)
+                session.add([(len(drawn) + i, self.train_data.prompt_ids[index], seed)
+                             for i, (index, seed) in enumerate(zip(indices, seeds))])
+                drawn.extend(indices)
+
+        finished: dict[int, tuple[Group, RewardScores]] = {}  # scored, not judged yet
+        judged: list[tuple[Group, RewardScores]] = []
+        kept: list[Group] = []
+        scoring: deque[tuple[float, Future]] = deque()
+        scorer = self.make_scorer()
+        try:
+            with timer.phase("generate", f"{target} groups wanted"):
+                draw(planner.start())
+                while not planner.complete:
+                    if session.pending:
+                        samples = []
+                        for position, members in session.next_finished():
+                            for smp in members:
+                                smp.prompt_index = position
+                            samples += members
+                        if samples:
+                            scoring.append((time.perf_counter(), scorer.submit(
+                                score_prompts, self.rewards, self.tokenizer, self.train_data, drawn, samples)))
+                    # take scores that are ready, or wait for them when the engines have nothing left
+                    while scoring and (scoring[0][1].done() or not session.pending):
+                        arrived, future = scoring.popleft()
+                        result, done = future.result()
+                        timer.latencies["reward_latency"].append(done - arrived)
+                        for position, (members, scores) in result.items():
+                            group = self.make_group(drawn[position], members, scores.rewards, scores.correct)
+                            self.assign_advantages([group])
+                            finished[position] = (group, scores)
+                    while planner.judged in finished and not planner.complete:
+                        group, scores = finished.pop(planner.judged)
+                        keep = bool(select_groups(group.advantages[None], 1, f.drop_zero_advantage))
+                        judged.append((group, scores))
+                        kept += [group] if keep else []
+                        draw(planner.judge(keep))
+                    if not (session.pending or scoring or planner.complete):
+                        raise RuntimeError(f"streaming refill: nothing in flight after judging {planner.judged} of "
+                                           f"{planner.drawn} groups")
+        finally:
+            session.abort()  # prompts of groups beyond the batch; the engines are idle after it
+            scorer.shutdown(wait=True, cancel_futures=True)
+        generated = [g for g, _ in judged]
+        correct = torch.stack([g.correct for g in generated])
+        informative = int(groups_with_signal(torch.stack([g.advantages for g in generated])).sum())
+        self.informative.observe(informative, len(generated))
+        mastered_new = 0
+        if f.drop_mastered:
+            done = mastered_groups(correct, f.mastered_threshold)
+            mastered_new = self.sampler.mark_mastered([g.prompt_index for g, m in zip(generated, done.tolist()) if m])
+        stats = {
+            "filter/refill_rounds": float(planner.refills),  # draws after the first
+            "filter/mastered_new": float(mastered_new),
+            "filter/groups_generated": float(len(generated)),  # judged: what the batch was chosen from
+            "filter/groups_kept": float(len(kept)),
+            "filter/groups_dropped": float(len(generated) - len(kept)),
+            "filter/groups_discarded": float(planner.drawn - planner.judged),  # drawn after the batch was full
+            "filter/informative_frac": informative / len(generated),
+            "filter/mastered_total": float(len(self.sampler.mastered)),
+            "filter/oversample": planner.refill_prompts / planner.refill_deficit if planner.refill_deficit else 0.0,
+            "filter/informative_estimate": self.informative.value,
+        }
+        return kept, generated, RewardScores.concat([s for _, s in judged]), stats
+
+    def collect_rollout(self, step: int, timer: PhaseTimer) -> StepRollout:
+        """Step ``step``'s batch, generated by the policy the engines hold now."""
+        start, version = time.perf_counter(), self.engine_version
+        kept, generated, scored, stats = self.collect_groups(step, self.stage_limit(step)[1], timer)
+        return StepRollout(step, version, kept, generated, scored, stats, timer, time.perf_counter() - start,
+                           self.sampler.epoch)
+
+    def next_rollout(self, timer: PhaseTimer) -> StepRollout:
+        """This step's batch: the one generated while the previous step updated, else generated now."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return self.collect_rollout(self.step, timer)
+        with timer.phase("wait_rollout", f"step {self.step + 1}'s batch"):
+            rollout = pending.result() if isinstance(pending, Future) else pending
+        if rollout.step != self.step:
+            raise RuntimeError(f"the batch in flight is step {rollout.step + 1}'s, the trainer is at step "
+                               f"{self.step + 1}")
+        timer.merge(rollout.timer)
+        return rollout
+
+    def start_next_rollout(self, timer: PhaseTimer) -> dict[str, float]:
+        """``trainer.off_policy_steps=1``: push the current policy (the engines are idle), then generate
+        and score the next step's batch on a background thread while this step updates. Returns the
+        push's metrics."""
+        if self.cfg.trainer.off_policy_steps == 0 or self.step + 1 >= self.cfg.trainer.total_steps:
+            return {}
+        with timer.phase("sync", "weights to vLLM"):
+            sync_stats = self.engines_current()
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="or1-rollout")
+        # its own timer (merged into the step's when taken): the live progress line follows this thread
+        self.pending = self._background.submit(self.collect_rollout, self.step + 1, PhaseTimer())
+        return sync_stats
+
+    def engines_current(self) -> dict[str, float]:
+        """The engines idle and holding the current policy (before validation, before the next batch):
+        waits for a batch in flight, pushes the weights if the engines are behind."""
+        if isinstance(self.pending, Future):
+            self.pending = self.pending.result()
+        return self.sync_weights() if self.engine_version != self.policy_version else {}
 
     def sample_rows(self, groups: list[Group], scored: RewardScores) -> list[dict]:
         """``trainer.log_samples`` of this step's responses, spread evenly over all generated ones:
@@ -284,7 +438,9 @@ class Trainer:
     def _train_step(self, timer: PhaseTimer) -> dict[str, float]:
         algo = self.cfg.algorithm
         stage, max_tokens = self.stage_limit()
-        kept, generated, scored, filter_stats = self.collect_groups(max_tokens, timer)
+        rollout = self.next_rollout(timer)
+        sync_stats = self.start_next_rollout(timer)
+        kept, generated, scored, filter_stats = rollout.kept, rollout.generated, rollout.scored, rollout.filter_stats
         self.check_reward_failures(scored)
         self.step_samples = self.sample_rows(generated, scored)
         train_groups, n_replayed = self.mix_in_buffer(kept, filter_stats["filter/informative_frac"])
@@ -294,7 +450,16 @@ class Trainer:
             "stage/max_response_length": float(max_tokens),
             "buffer/replayed_groups": float(n_replayed),
             "buffer/size": float(len(self.buffer)) if self.buffer is not None else 0.0,
-            "data/epoch": float(self.sampler.epoch),
+            "data/epoch": float(rollout.data_epoch),
+            # response tokens the engines produced per second of generation (every refill round)
+            "perf/gen_tokens_per_s": sum(g.response_tokens() for g in generated)
+            / max(rollout.timer.seconds.get("generate", 0.0), 1e-9),
+            # updates between the policy that generated the batch and the one it trains (off-policy: 1)
+            "rollout/staleness": float(self.policy_version - rollout.policy_version),
+            # the share of the batch's generation and scoring hidden behind the previous update
+            "perf/overlap_frac": 1.0 - timer.seconds["wait_rollout"] / rollout.wall_s
+            if "wait_rollout" in timer.seconds and rollout.wall_s > 0 else 0.0,
+            **sync_stats,
         }
         if not train_groups:
             log.warning("step %d: no group has a non-zero advantage (all rewards equal, or masked); update skipped",
@@ -306,12 +471,20 @@ class Trainer:
         if self.parts.sleep_rollouts:
             with timer.phase("rollout_sleep"):
                 self.rollouts.sleep(self.cfg.rollout.sleep_level)
+        fresh = batch.per_response_token(batch.fresh)
+        # the PPO ratio's denominator: the log-probs of the policy that sampled the tokens. On-policy that is
+        # the learners' current policy, recomputed here; a batch generated by an older policy (off-policy)
+        # divides by vLLM's own log-probs, except replayed groups, which carry none and count as on-policy
+        behaviour_from_engine = self.cfg.trainer.off_policy_steps > 0 or rollout.policy_version != self.policy_version
+        learner_log_probs = None
         with timer.phase("old_log_prob", f"{batch.num_sequences} sequences"):
-            batch = batch.with_values(old_log_probs=self.learners.compute_log_probs(batch))
+            if not behaviour_from_engine or not fresh.all():
+                learner_log_probs = self.learners.compute_log_probs(batch)
+            old = learner_log_probs if not behaviour_from_engine else \
+                torch.where(fresh, batch.rollout_log_probs, learner_log_probs if learner_log_probs is not None else 0.0)
+            batch = batch.with_values(old_log_probs=old)
             if algo.kl.enabled:
                 batch = batch.with_values(ref_log_probs=self.learners.compute_log_probs(batch, reference=True))
-
-        fresh = batch.per_response_token(batch.fresh)
         # e_k: entropy estimated from the sampled tokens' log-probs (OR1's measure), before the update;
         # from this step's samples, or from every trained token when the batch is all replays
         measured = fresh if fresh.any() else torch.ones_like(fresh)
@@ -320,20 +493,23 @@ class Trainer:
         with timer.phase("update", f"{len(train_groups)} groups"):
             actor_metrics = self.run_updates(batch, [g.size for g in train_groups], entropy_coef)
         self.entropy.observe(rollout_entropy)
-        with timer.phase("sync", "weights to vLLM"):
-            sync_stats = self.sync_weights()
+        self.policy_version += 1
+        if self.cfg.trainer.off_policy_steps == 0:
+            with timer.phase("sync", "weights to vLLM"):
+                metrics.update(self.sync_weights())
+        if learner_log_probs is not None:
+            # vLLM's log-probs vs the learner's for the same tokens: ~0 when weights are in sync (on-policy)
+            metrics["rollout/logprob_abs_diff"] = ((learner_log_probs - batch.rollout_log_probs)[fresh].abs().sum()
+                                                   .item() / max(int(fresh.sum()), 1))
         metrics.update({
             "adv/abs_mean": batch.advantages.abs().mean().item(),
-            # vLLM's log-probs vs the learner's for the same tokens: ~0 when weights are in sync
-            "rollout/logprob_abs_diff": (batch.old_log_probs - batch.rollout_log_probs)[fresh].abs().sum().item()
-            / max(int(fresh.sum()), 1),
             "rollout/entropy_estimate": rollout_entropy,
             "actor/entropy_coef": entropy_coef,
             "entropy/controller_coef": self.entropy.coef,
             # what reached the learners: tokens of the sequences (no padding travels) and their bytes
             "batch/tokens": float(batch.token_ids.numel()),
             "batch/bytes": float(batch.nbytes()),
-            **sync_stats, **actor_metrics,
+            **actor_metrics,
         })
         return metrics
 
@@ -358,6 +534,7 @@ class Trainer:
         stats = self.learners.push_weights(self.rollouts, str(self.cfg.rollout.dtype), self.cfg.learner.sync_bucket_mb)
         if asleep:
             self.rollouts.wake_up(["kv_cache"])
+        self.engine_version = self.policy_version
         return stats
 
     def val_max_tokens(self) -> int:
@@ -371,6 +548,7 @@ class Trainer:
         every validation problem (``val/avg@k``, also ``val/acc``); see ``or1.evaluation``."""
         if self.val_data is None:
             return {}
+        self.engines_current()  # off-policy: the batch in flight finished, the engines hold the policy validated
         timer = PhaseTimer(self.progress)
         indices = list(range(len(self.val_data)))
         r = self.cfg.rollout
@@ -438,6 +616,10 @@ class Trainer:
             "data_fingerprint": self.data_fingerprint,
             "entropy_controller": self.entropy.state_dict(),
             "informative_estimate": self.informative.state_dict(),
+            "policy_version": self.policy_version,
+            # off-policy: the next step's batch was generated before this checkpoint; it is saved with it
+            # (IN_FLIGHT_FILE) so that a resumed run trains on the same batch
+            "in_flight": self.pending is not None,
             "sample_buffer": self.buffer.state_dict() if self.buffer is not None else None,
             "run_id": self.run_id,
             "world_size": self.cfg.learner.num_workers,
@@ -446,6 +628,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
+        self.policy_version = state.get("policy_version", self.step)  # checkpoints before 2026-11-24: step
         sampler = state["sampler"]
         saved_fingerprint = state.get("data_fingerprint", self.data_fingerprint)
         if sampler.get("size", self.sampler.size) != self.sampler.size or saved_fingerprint != self.data_fingerprint:
@@ -468,7 +651,11 @@ class Trainer:
         """A complete, atomic checkpoint of this step (see or1/checkpoint.py for the layout)."""
         timer = PhaseTimer(self.progress)
         with timer.phase("checkpoint", f"step {self.step}"):
+            if isinstance(self.pending, Future):
+                self.pending = self.pending.result()  # the batch in flight is part of the state
             tmp = self.checkpoints.begin(self.step)
+            if self.pending is not None:
+                torch.save(self.pending, tmp / IN_FLIGHT_FILE)
             self.learners.save_checkpoint(str(tmp))  # shards, per-rank state, hf/ (config + tokenizer)
             if os.environ.get(FAULT_ENV) == f"after_shards:{self.step}":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -486,11 +673,15 @@ class Trainer:
         state = json.loads((path / STATE_FILE).read_text())
         self.learners.load_checkpoint(str(path))
         self.load_state_dict(state)
+        if state.get("in_flight"):
+            self.pending = torch.load(path / IN_FLIGHT_FILE, weights_only=False)
         self.sync_weights()  # vLLM started from model.path; give it the checkpoint's policy
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
     def shutdown(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=False, cancel_futures=True)
         for close in self.parts.on_close:
             try:
                 close()
@@ -504,12 +695,46 @@ def generate_and_score(rollouts: Rollouts, rewards: Rewards, tokenizer, data: Pr
     """``n`` responses to each prompt ``indices`` names, decoded and scored against its row (training,
     validation, ``or1.eval`` and ``or1.data.filter`` alike)."""
     timer = timer or PhaseTimer()
-    with timer.phase("generate", f"{len(indices)} prompts x {n}"):
-        samples = rollouts.generate([data.prompt_ids[i] for i in indices], n, temperature, top_p, max_tokens, seeds)
-    with timer.phase("reward", f"{len(samples)} responses"):
-        texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
-        scored = rewards.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
-    return samples, scored
+    prompts = [data.prompt_ids[i] for i in indices]
+    if not hasattr(rollouts, "generate_stream"):  # a component that only answers whole batches
+        with timer.phase("generate", f"{len(indices)} prompts x {n}"):
+            samples = rollouts.generate(prompts, n, temperature, top_p, max_tokens, seeds)
+        with timer.phase("reward", f"{len(samples)} responses"):
+            texts = tokenizer.batch_decode([s.token_ids for s in samples], skip_special_tokens=True)
+            scored = rewards.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
+        return samples, scored
+
+    # Prompts are scored as the engines finish them, a chunk at a time on a scoring thread, while later
+    # prompts still generate: "reward" is only the scoring left once generation has ended. Each prompt
+    # gets its own scores (score_groups), put back in prompt order: what scoring the batch at once gives.
+    by_prompt_index: dict[int, tuple[list, RewardScores]] = {}
+    chunks: list[tuple[float, Future]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="or1-reward") as scorer:
+        with timer.phase("generate", f"{len(indices)} prompts x {n}"):
+            for chunk in rollouts.generate_stream(prompts, n, temperature, top_p, max_tokens, seeds):
+                chunks.append((time.perf_counter(), scorer.submit(score_prompts, rewards, tokenizer, data, indices,
+                                                                   chunk)))
+        with timer.phase("reward", f"{len(indices) * n} responses"):
+            for arrived, future in chunks:
+                scored_prompts, done = future.result()
+                by_prompt_index.update(scored_prompts)
+                timer.latencies["reward_latency"].append(done - arrived)
+    ordered = [by_prompt_index[i] for i in range(len(indices))]
+    return [s for members, _ in ordered for s in members], RewardScores.concat([scores for _, scores in ordered])
+
+
+def score_prompts(rewards: Rewards, tokenizer, data: PromptDataset, indices: list[int], samples: list
+                  ) -> tuple[dict[int, tuple[list, RewardScores]], float]:
+    """Score whole prompts' samples (each prompt's together, in any prompt order) in one submission;
+    returns ``{prompt_index: (its samples, its scores)}`` and when scoring ended."""
+    members: dict[int, list] = {}
+    for smp in samples:
+        members.setdefault(smp.prompt_index, []).append(smp)
+    flat = [smp for group in members.values() for smp in group]
+    texts = tokenizer.batch_decode([smp.token_ids for smp in flat], skip_special_tokens=True)
+    scores = rewards.score_groups(texts, [data.rows[indices[smp.prompt_index]] for smp in flat],
+                                  [len(group) for group in members.values()])
+    return {index: (group, sc) for (index, group), sc in zip(members.items(), scores)}, time.perf_counter()
 
 
 def longest_response_limit(cfg: OR1Config) -> int:

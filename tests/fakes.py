@@ -61,6 +61,7 @@ class ScriptedRollouts:
         self.calls: list[dict] = []
         self.asleep = False
         self.events: list[str] = []
+        self.finish_first_added = False  # sessions: prompts finish in the order they were added (else the last first)
 
     def generate(self, prompt_token_ids, n, temperature, top_p, max_tokens, seeds):
         self.calls.append({"prompts": [p[0] - PROMPT_BASE for p in prompt_token_ids], "n": n,
@@ -75,6 +76,17 @@ class ScriptedRollouts:
                 samples.append(Sample(g, tokens, [-0.5] * len(tokens), o.truncated or o.length > max_tokens))
         return samples
 
+    def generate_stream(self, prompt_token_ids, n, temperature, top_p, max_tokens, seeds):
+        """``generate``'s samples as the engines hand them out: two prompts at a time, the last ones first."""
+        samples = self.generate(prompt_token_ids, n, temperature, top_p, max_tokens, seeds)
+        prompts = list(range(len(prompt_token_ids)))[::-1]
+        for start in range(0, len(prompts), 2):
+            chosen = set(prompts[start:start + 2])
+            yield [smp for smp in samples if smp.prompt_index in chosen]
+
+    def session(self, sampling):
+        return FakeSession(self, sampling)
+
     def sleep(self, level):
         self.asleep = True
         self.events.append(f"sleep{level}")
@@ -83,6 +95,57 @@ class ScriptedRollouts:
         self.events.append(f"wake:{','.join(tags or ['all'])}")
         if tags is None or "kv_cache" in tags:
             self.asleep = False
+
+
+class FakeSession:
+    """``RolloutSession`` over the script: prompts finish two at a time, the most recently added first
+    (so never in the order they were drawn). Each ``add`` is recorded like a ``generate`` call."""
+
+    def __init__(self, rollouts: ScriptedRollouts, sampling):
+        self.rollouts, self.sampling = rollouts, sampling
+        self.queue: list = []  # (key, prompt ids, seed)
+        self.aborted = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def add(self, prompts):
+        s = self.sampling
+        self.rollouts.calls.append({"prompts": [ids[0] - PROMPT_BASE for _, ids, _ in prompts], "n": s.n,
+                                    "temperature": s.temperature, "max_tokens": s.max_tokens,
+                                    "seeds": [seed for _, _, seed in prompts], "still_generating": len(self.queue)})
+        self.queue += prompts
+
+    def next_finished(self):
+        if self.rollouts.finish_first_added:
+            done, self.queue = self.queue[:2], self.queue[2:]
+        else:
+            done, self.queue = self.queue[-2:][::-1], self.queue[:-2]
+        return [(key, ScriptedRollouts.generate(ScriptedRollouts(self.rollouts.script), [ids], self.sampling.n,
+                                                self.sampling.temperature, self.sampling.top_p,
+                                                self.sampling.max_tokens, [seed]))
+                for key, ids, seed in done]
+
+    def abort(self):
+        self.aborted += len(self.queue)
+        self.rollouts.aborted = getattr(self.rollouts, "aborted", 0) + len(self.queue)
+        self.queue = []
+
+
+class InlineExecutor:
+    """An executor that runs each task as it is submitted: scores are ready the moment they are asked
+    for (``Trainer.make_scorer``), so a test sees the driver's decisions at fixed points."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
 
 
 class ExactRewards:
@@ -100,6 +163,13 @@ class ExactRewards:
                                 first_failure="reward score (x:score): error: KeyError: 'answer'")
         values = [1.0 if r.startswith("1") else 0.0 for r in responses]
         return RewardScores(torch.tensor(values), torch.tensor(values), {"score": values}, items=len(values))
+
+    def score_groups(self, responses, rows, sizes):
+        out, start = [], 0
+        for size in sizes:
+            out.append(self.score(responses[start:start + size], rows[start:start + size]))
+            start += size
+        return out
 
 
 @dataclass

@@ -199,3 +199,29 @@ def test_stage_schedule():
     assert stage_at(100, [5]) == 0
     with pytest.raises(ValueError):
         stage_at(0, [])
+
+
+def test_prefix_refill_by_hand():
+    from or1.algo.filters import PrefixRefill
+
+    plan = PrefixRefill(target=4, informative_estimate=0.5, max_oversample=4, max_prompts=20)
+    assert plan.start() == 4
+    # judged 1, kept 0: short = 4 - 0 - 0.5 * 3 = 2.5 -> ceil(2.5 / 0.5) = 5 more
+    assert plan.judge(False) == 5 and plan.drawn == 9
+    # kept 1 of 2: 4 - 1 - 0.5 * 7 < 0; kept 2 of 3: 4 - 2 - 0.5 * 6 < 0; 2 of 4; 2 of 5: short exactly 0
+    assert [plan.judge(k) for k in (True, True, False, False)] == [0, 0, 0, 0]
+    assert plan.judge(False) == 1  # 2 of 6: 4 - 2 - 0.5 * 3 = 0.5 -> 1 more
+    assert plan.judge(True) == 0 and not plan.complete  # 3 of 7
+    assert plan.judge(True) == 0 and plan.complete  # 4 kept: full, 2 of 10 drawn never judged
+    assert (plan.drawn, plan.judged, plan.refills, plan.refill_prompts, plan.refill_deficit) == (10, 8, 2, 6, 3.0)
+
+
+def test_prefix_refill_stops_at_its_prompt_budget():
+    from or1.algo.filters import PrefixRefill
+
+    plan = PrefixRefill(target=4, informative_estimate=0.5, max_oversample=4, max_prompts=5)
+    assert plan.start() == 4 and plan.judge(False) == 1  # 5 wanted, 1 left in the budget
+    assert [plan.judge(False) for _ in range(3)] == [0, 0, 0] and not plan.complete
+    assert plan.judge(False) == 0 and plan.complete and plan.kept == 0  # every drawn group judged
+    # p below 1 / max_oversample is clamped: at most 2x the shortfall
+    assert PrefixRefill(2, 0.01, 2, 100).p == 0.5

@@ -84,6 +84,11 @@ def test_reward_routes_are_typed_in_every_or1_recipe():
     (["learner.sync_bucket_mb=0"], "learner.sync_bucket_mb must be > 0"),
     (["+reward.routes={code: {}}"], "reward.routes.code names no reward"),
     (["reward.max_failed_steps=0"], "reward.max_failed_steps must be >= 1"),
+    (["trainer.off_policy_steps=2"], "trainer.off_policy_steps must be 0"),
+    (["trainer.off_policy_steps=1", "trainer.gpus_per_node=8"], "set trainer.placement=split"),
+    (["trainer.off_policy_steps=1", "algorithm.tis_cap=2"], "set one of them only"),
+    (["algorithm.tis_cap=0"], "algorithm.tis_cap must be > 0"),
+    (["algorithm.filter.refill_mode=streaming"], "set algorithm.filter.refill=true"),
 ])
 def test_inconsistent_settings_are_refused_naming_the_fields(overrides, message):
     with pytest.raises(ConfigError, match=message):

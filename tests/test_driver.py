@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from or1.trainer import Components, RewardFailure, Trainer
+from or1.trainer import Components, RewardFailure, Trainer, sampling_seeds
 
-from .fakes import (FILLER, RIGHT, WRONG, CharTokenizer, ExactRewards, Outcome, RecordingLearners, ScriptedRollouts,
-                    by_prompt, config, dataset, make_trainer, mixed, rows_of)
+from .fakes import (FILLER, RIGHT, WRONG, CharTokenizer, ExactRewards, InlineExecutor, Outcome, RecordingLearners,
+                    ScriptedRollouts, by_prompt, config, dataset, make_trainer, mixed, rows_of)
 
 
 def kept_prompts(learners) -> list[int]:
@@ -321,7 +321,7 @@ def test_checkpoint_and_resume_reproduce_the_uninterrupted_steps(tmp_path):
     resumed.fit()
 
     def steps(run):
-        return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time/")}
+        return {r["step"]: {k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))}
                 for r in map(json.loads, (tmp_path / run / "run" / "metrics.jsonl").read_text().splitlines())}
 
     assert steps("b") == steps("a")
@@ -360,3 +360,162 @@ def test_tokens_are_what_the_fake_says(tmp_path):
     samples = trainer.rollouts.generate([[1000]], 2, 1.0, 1.0, 2, None)
     assert [s.token_ids for s in samples] == [[RIGHT, FILLER]] * 2 and all(s.truncated for s in samples)
     assert WRONG == ord("0")
+
+
+# --- one-step off-policy: the next batch is generated while this step updates ---------------------
+class ShiftedLearners(RecordingLearners):
+    """A learner whose current policy differs from the one that sampled: its log-probs are vLLM's - 0.3."""
+
+    def compute_log_probs(self, batch, reference=False):
+        self.log_prob_calls.append(reference)
+        return batch.rollout_log_probs.clone() - 0.3
+
+
+def off_policy_trainer(tmp_path, steps: int, learners=None, **overrides):
+    cfg = config(tmp_path, **{"trainer.total_steps": steps, "trainer.off_policy_steps": 1, **overrides})
+    parts = Components(learners or RecordingLearners(), ScriptedRollouts(mixed), ExactRewards(), CharTokenizer(),
+                       dataset(8))
+    return Trainer(cfg, parts)
+
+
+def test_off_policy_generates_the_next_batch_during_the_update_with_the_previous_policy(tmp_path):
+    import threading
+
+    steps = 3
+    trainer = off_policy_trainer(tmp_path, steps)
+    learners, rollouts = trainer.learners, trainer.rollouts
+    # batch k+1's generation and update k each wait (at most 5 s) until the other has begun: both can only
+    # see the other begin if they run at the same time, whatever order the threads are scheduled in
+    generation_began = [threading.Event() for _ in range(steps)]
+    update_began = [threading.Event() for _ in range(steps)]
+    generate, update = rollouts.generate, learners.update
+    seen_update, seen_generation, pushes_before = [], [], []
+
+    def overlapping_generate(*args):
+        k = len(pushes_before)
+        pushes_before.append(learners.pushes)  # which policy generates: the start one, or after k pushes
+        generation_began[k].set()
+        if k:
+            seen_update.append(update_began[k - 1].wait(timeout=5))
+        return generate(*args)
+
+    def overlapping_update(batch, coef):
+        k = len(learners.updates)
+        update_began[k].set()
+        if k + 1 < steps:
+            seen_generation.append(generation_began[k + 1].wait(timeout=5))
+        return update(batch, coef)
+
+    rollouts.generate, learners.update = overlapping_generate, overlapping_update
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert seen_update == seen_generation == [True, True]
+    # step 1's batch by the start policy (no push), step 2's by it too (generated during update 1), step 3's
+    # by the policy after update 1 (pushed before it started)
+    assert pushes_before == [0, 0, 1] and learners.pushes == 1
+    assert [r["rollout/staleness"] for r in records] == [0.0, 1.0, 1.0]
+    # each batch with its own step's seeds, in step order
+    assert [c["seeds"] for c in rollouts.calls] == [sampling_seeds(0, step, 2) for step in range(3)]
+
+
+def test_the_ratio_divides_by_the_behaviour_policys_log_probs(tmp_path):
+    """Off-policy the learners' current policy is not the one that sampled: the update's denominator
+    is vLLM's log-probs (-0.5 in the fake), never the learners' recomputation (-0.8)."""
+    off = off_policy_trainer(tmp_path / "off", 2, ShiftedLearners())
+    off.fit()
+    for u in off.learners.updates:
+        assert torch.equal(u["old_log_probs"], torch.full_like(u["old_log_probs"], -0.5))
+    assert off.learners.log_prob_calls == []  # nothing to recompute: every row was sampled by vLLM
+    on = make_trainer(config(tmp_path / "on", **{"trainer.total_steps": 2}), mixed)
+    on.learners = on.parts.learners = ShiftedLearners()
+    on.fit()
+    for u in on.learners.updates:  # on-policy the learners' own recomputation is the behaviour policy
+        assert torch.allclose(u["old_log_probs"], torch.full_like(u["old_log_probs"], -0.8))
+
+
+def test_off_policy_replayed_groups_divide_by_the_learners_log_probs(tmp_path):
+    """Replayed groups carry no vLLM log-probs: their denominator is the learners' recomputation."""
+    trainer = off_policy_trainer(tmp_path, 2, ShiftedLearners(), **{
+        "algorithm.sample_buffer.enabled": True, "algorithm.sample_buffer.min_informative_frac": 1.1,
+        "algorithm.sample_buffer.mix_ratio": 0.5, "data.shuffle": False})
+    trainer.fit()
+    second = trainer.learners.updates[1]
+    olds = second["old_log_probs"]
+    fresh_tokens = sum(len(r) for _, r in second["sequences"][:8])  # 2 fresh groups of 4 come first
+    assert torch.equal(olds[:fresh_tokens], torch.full((fresh_tokens,), -0.5))
+    # the fake's recomputation of a replayed row: its (zero) vLLM log-probs - 0.3
+    replayed = olds[fresh_tokens:]
+    assert len(replayed) > 0 and torch.allclose(replayed, torch.full_like(replayed, -0.3))
+
+
+def test_off_policy_resume_trains_the_batch_that_was_in_flight(tmp_path):
+    """A checkpoint holds the next step's batch, generated before it by the older policy: a run resumed
+    from it trains that same batch and continues as the uninterrupted run did."""
+    overrides = {"trainer.save_every": 2, "algorithm.entropy.target": 1.0, "algorithm.entropy.delta": 0.01,
+                 "algorithm.entropy.max_coef": 1.0}
+    straight = off_policy_trainer(tmp_path / "a", 4, **overrides)
+    straight.fit()
+    ckpt = tmp_path / "a" / "run" / "checkpoints" / "step_00000002"
+    assert (ckpt / "in_flight.pt").is_file()
+    cfg = config(tmp_path / "b", **{"trainer.total_steps": 4, "trainer.off_policy_steps": 1, **overrides})
+    resumed = Trainer(cfg, Components(RecordingLearners(), ScriptedRollouts(mixed), ExactRewards(), CharTokenizer(),
+                                      dataset(8)), resume_from=ckpt)
+    assert resumed.step == 2 and resumed.pending is not None and resumed.pending.step == 2
+    resumed.fit()
+    # steps 3 and 4: the same batches (step 3's generated before the checkpoint), the same metrics
+    assert [u["token_ids"] for u in resumed.learners.updates] == [u["token_ids"] for u in straight.learners.updates[2:]]
+    assert [c["seeds"] for c in resumed.rollouts.calls] == [straight.rollouts.calls[3]["seeds"]]
+
+    def steps(run):
+        # timings differ, and the resumed run pushed its policy at resume instead of at step 3
+        return {r["step"]: {k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "sync/"))}
+                for r in map(json.loads, (tmp_path / run / "run" / "metrics.jsonl").read_text().splitlines())}
+
+    assert {s: m for s, m in steps("b").items() if s > 2} == {s: m for s, m in steps("a").items() if s > 2}
+    assert {k: v for k, v in resumed.state_dict().items() if k != "run_id"} == \
+        {k: v for k, v in straight.state_dict().items() if k != "run_id"}
+
+
+# --- streaming refill: prompts join the running engines as groups are judged ---------------------
+def test_streaming_refill_draws_while_the_first_prompts_still_generate(tmp_path):
+    """Every third prompt is all-wrong. The first judged group (prompt 0) frees its place at once: the
+    refill is drawn while the other first prompts still generate, not after a whole round."""
+    def script(i, n):
+        return [Outcome(False)] * n if i % 3 == 0 else mixed(i, n)
+
+    cfg = config(tmp_path, **{"trainer.prompts_per_step": 4, "algorithm.filter.refill": True,
+                              "algorithm.filter.refill_mode": "streaming", "data.shuffle": False})
+    trainer = make_trainer(cfg, script, num_prompts=12)
+    trainer.rollouts.finish_first_added = True
+    trainer.make_scorer = InlineExecutor  # each chunk is scored before the next one is fetched
+    m = trainer.train_step()
+    calls = trainer.rollouts.calls
+    assert calls[0]["prompts"] == [0, 1, 2, 3] and calls[1]["prompts"] == [4]
+    assert calls[1]["still_generating"] > 0  # drawn before the first prompts had all finished
+    assert calls[1]["seeds"] == sampling_seeds(0, 0, 1, 1)  # the step's second draw: seed stream 1
+    # judged in draw order: 0 (dropped), 1, 2 (kept), 3 (dropped), 4 (kept): then 4 groups kept need prompt 5
+    assert kept_prompts(trainer.learners) == [1, 2, 4, 5]
+    assert m["filter/groups_generated"] == 6 and m["filter/groups_kept"] == 4 and m["filter/groups_dropped"] == 2
+    assert m["filter/refill_rounds"] == len(calls) - 1 and m["filter/informative_frac"] == 4 / 6
+
+
+def test_streaming_refill_is_the_same_whatever_order_prompts_finish_in(tmp_path):
+    def script(i, n):
+        return [Outcome(True)] * n if i % 4 == 1 else [Outcome(False)] * n if i % 4 == 2 else mixed(i, n)
+
+    runs = []
+    for first_added in (False, True):
+        cfg = config(tmp_path / str(first_added), **{
+            "trainer.prompts_per_step": 5, "trainer.total_steps": 3, "algorithm.filter.refill": True,
+            "algorithm.filter.refill_mode": "streaming", "algorithm.filter.max_refill_rounds": 2})
+        trainer = make_trainer(cfg, script, num_prompts=40)
+        trainer.rollouts.finish_first_added = first_added
+        trainer.fit()
+        records = [json.loads(line) for line in (tmp_path / str(first_added) / "run" / "metrics.jsonl").open()]
+        runs.append(([u["token_ids"] for u in trainer.learners.updates],
+                     [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in records],
+                     trainer.state_dict()["sampler"], [c["prompts"] for c in trainer.rollouts.calls]))
+    assert runs[0] == runs[1]
+    # step 2 (p still 1: one new prompt per dropped group) spends its budget of (1 + 2) x 5 prompts and trains
+    # on the 4 groups it kept; step 3, with p lower, oversamples and fills the batch
+    assert [(r["filter/groups_kept"], r["filter/groups_generated"]) for r in runs[0][1]] == [(5, 5), (4, 15), (5, 9)]

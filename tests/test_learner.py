@@ -1,6 +1,9 @@
 """The FSDP2 learner in-process (gloo, world size 1): micro-batching, packing and padding never
 change the step, and packed log-probs are what the plain Hugging Face model computes."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -143,3 +146,21 @@ def test_chunked_logits_give_the_same_log_probs_loss_and_gradient(tiny_model, ba
     # gradient is ~Adam's eps, where summation order decides the sign)
     assert (after_chunk - lp_full).abs().max() > 1e-3  # the step moved the policy
     assert torch.allclose(after_chunk, after_full, atol=1e-5)
+
+
+def test_tis_weights_each_tokens_loss_by_the_learner_over_vllm_ratio(tiny_model, batch):
+    """vLLM's log-probs log(4) below the learner's: every token's weight exp(log 4) = 4 is capped at 1.5,
+    so the surrogate loss is 1.5 times the unweighted one; replayed rows (no vLLM log-probs) weigh 1."""
+    port = free_port()
+    losses = {}
+    replayed = dataclasses.replace(batch, fresh=torch.tensor([False] * len(LENGTHS)))
+    for cap, b in ((None, batch), (1.5, batch), (1.5, replayed)):
+        learner = make_learner(tiny_model, port, AlgorithmConfig(tis_cap=cap), max_tokens_per_micro_batch=1000)
+        logp = learner.compute_log_probs(b)
+        b = b.with_values(old_log_probs=logp, rollout_log_probs=logp - math.log(4.0))
+        losses[cap, bool(b.fresh.all())] = learner.update(b, entropy_coef=0.0)
+    plain, weighted, replays = losses[None, True], losses[1.5, True], losses[1.5, False]
+    assert weighted["actor/pg_loss"] == pytest.approx(1.5 * plain["actor/pg_loss"], rel=1e-5)
+    assert weighted["actor/tis_weight"] == pytest.approx(1.5) and "actor/tis_weight" not in plain
+    assert replays["actor/pg_loss"] == pytest.approx(plain["actor/pg_loss"], rel=1e-5)
+    assert abs(plain["actor/pg_loss"]) > 1e-3

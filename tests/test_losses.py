@@ -4,7 +4,8 @@ import pytest
 
 import torch
 
-from or1.algo.losses import aggregate_loss, ppo_clip_loss, token_log_probs_and_entropy, token_mean
+from or1.algo.losses import (aggregate_loss, ppo_clip_loss, token_log_probs_and_entropy, token_mean,
+                             truncated_is_weights)
 
 
 def test_ppo_clip_hand_values():
@@ -52,3 +53,12 @@ def test_single_token_responses_make_token_and_sequence_means_agree():
     values = torch.tensor([2.0, -1.0, 4.0])
     for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"):
         assert aggregate_loss(values, torch.arange(3), torch.ones(3), mode, 3, 3).item() == pytest.approx(5 / 3)
+
+
+def test_truncated_is_weights_hand_values():
+    learner = torch.tensor([-1.0, -1.0, -0.5, -3.0], requires_grad=True)
+    rollout = torch.tensor([-1.0, -1.5, -2.0, -2.0])
+    w = truncated_is_weights(learner, rollout, cap=2.0)
+    # exp(0) = 1; exp(0.5) = 1.6487; exp(1.5) = 4.48 -> capped at 2; exp(-1) = 0.3679 (no floor)
+    assert torch.allclose(w, torch.tensor([1.0, math.exp(0.5), 2.0, math.exp(-1.0)]), atol=1e-6)
+    assert not w.requires_grad

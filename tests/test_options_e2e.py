@@ -46,12 +46,13 @@ def test_options_set_a(tmp_path):
         "algorithm.kl.enabled=true", "algorithm.kl.estimator=k3", "algorithm.kl.coef=0.01",
         "algorithm.entropy.target=5.0", "algorithm.entropy.delta=0.001", "algorithm.entropy.max_coef=0.01",
         "algorithm.filter.refill=true", "algorithm.filter.max_refill_rounds=2",
+        "algorithm.filter.refill_mode=streaming",
         "algorithm.filter.drop_mastered=true", "algorithm.filter.mastered_threshold=0.06",
         "algorithm.ppo_epochs=2", "algorithm.mini_batch_groups=4",
         "algorithm.sample_buffer.enabled=true", "algorithm.sample_buffer.min_informative_frac=1.1",
         "algorithm.sample_buffer.mix_ratio=0.25",
         "algorithm.stages=[{steps:2,max_response_length:2},{steps:0,max_response_length:8}]",
-        *TWO_BY_TWO, "learner.sync_bucket_mb=0.5", "learner.logits_chunk_tokens=8",
+        *TWO_BY_TWO, "learner.sync_bucket_mb=0.5", "learner.logits_chunk_tokens=8", "algorithm.tis_cap=2.0",
     )
     steps = [r for r in records if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
@@ -61,6 +62,7 @@ def test_options_set_a(tmp_path):
     for r in steps:
         # both engines got every bucketed push: their samples' log-probs equal the learners'
         assert r["rollout/logprob_abs_diff"] < 1e-4
+        assert r["actor/tis_weight"] == pytest.approx(1.0, abs=1e-4)  # float32: vLLM's log-probs are the learners'
         assert r["sync/buckets"] >= 3
         assert "actor/kl_loss" in r and r["actor/kl_loss"] >= 0
         # what was trained: the kept groups plus the replayed ones, every response of each
@@ -84,8 +86,10 @@ def test_options_set_a(tmp_path):
     # the barely trained model is right ~2% of the time: at threshold 0.06 one right answer in 16 masters a prompt
     assert steps[-1]["filter/mastered_total"] >= 1
     assert sum(r["filter/mastered_new"] for r in steps) == steps[-1]["filter/mastered_total"]
-    # refill: after stage 0 filtering, extra rounds were generated to refill the batch
+    # streaming refill: prompts joined the two running engines to refill the batch, at most (1 + 2) x 16 drawn
     assert any(r["filter/refill_rounds"] > 0 for r in steps)
+    for r in steps:
+        assert r["filter/groups_kept"] <= 16 and r["filter/groups_generated"] + r["filter/groups_discarded"] <= 3 * 16
 
 
 def test_options_set_b(tmp_path):
@@ -96,11 +100,16 @@ def test_options_set_b(tmp_path):
         "algorithm.entropy.fixed_coef=0.01", "algorithm.filter.drop_zero_advantage=false",
         "algorithm.kl.enabled=true", "algorithm.kl.estimator=k2", "rollout.max_response_length=2",
         "learner.backend=deepspeed", "learner.num_workers=2", "learner.num_cpus=0.5", "learner.torch_threads=1",
-        "trainer.log_samples=4", "trainer.loggers=[console,tensorboard]",
+        "trainer.log_samples=4", "trainer.loggers=[console,tensorboard]", "trainer.off_policy_steps=1",
     )
     steps = [r for r in records if "reward/mean" in r]
+    # one-step off-policy: each batch after the first was generated during the previous update, by the policy
+    # before it; the ratio divides by vLLM's log-probs, equal to the learners' for the policy that sampled
+    # (step 1: ~0 KL between them) and one update behind from step 2 on
+    assert [r["rollout/staleness"] for r in steps] == [0, 1, 1, 1]
+    assert all(r["perf/overlap_frac"] > 0 for r in steps[1:])
+    assert steps[0]["actor/approx_kl"] < 1e-9 < min(r["actor/approx_kl"] for r in steps[1:])
     for r in steps:
-        assert r["rollout/logprob_abs_diff"] < 1e-4
         assert r["actor/entropy_coef"] == 0.01
         assert r["filter/groups_kept"] == r["filter/groups_generated"] == 16  # nothing filtered
         assert r["response/truncated_frac"] > 0.5 and r["actor/kl_loss"] >= 0

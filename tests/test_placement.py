@@ -116,3 +116,11 @@ def test_weight_buckets_keep_decoder_layers_whole():
         ["model.layers.10.self_attn.q_proj.weight", "model.layers.10.mlp.up_proj.weight", "model.norm.weight"]]
     assert weight_buckets(shapes, 4, 10**9) == [[n for n, _ in shapes]]
     assert len(weight_buckets(shapes, 4, 1)) == 5  # a unit never splits, however small the bucket
+
+
+def test_off_policy_cpu_actors_get_cores_of_their_own():
+    from or1.placement import cpu_cores
+
+    plan = plan_placement(config(trainer={"off_policy_steps": 1}, learner={"num_cpus": 2}, rollout={"num_cpus": 1}))
+    assert cpu_cores(plan, available=[0, 1, 2, 3]) == {("rollout", 0): [0], ("learner", 0): [1, 2]}
+    assert cpu_cores(plan, available=[0, 1]) == {}  # 3 wanted, 2 here: no pinning (and a warning)

@@ -242,3 +242,55 @@ def test_pathological_inputs_inside_a_ray_actor(ray_local):
     results = ray.get(Scorer.remote().run.remote(items), timeout=120)
     assert results[-1] == ("ok", 1.0)
     assert all(status in ("ok", "timeout") and value in (None, 0.0) for status, value in results[:-1])
+
+
+class StreamingEngines:
+    """Rollouts that hand prompts out as they "finish": in reverse order, two prompts per chunk."""
+
+    def __init__(self, answers_of: dict[int, list[str]]):
+        self.answers_of = answers_of
+
+    def generate(self, prompt_token_ids, n, temperature, top_p, max_tokens, seeds):
+        return sorted((s for c in self.generate_stream(prompt_token_ids, n, temperature, top_p, max_tokens, seeds)
+                       for s in c), key=lambda s: s.prompt_index)
+
+    def generate_stream(self, prompt_token_ids, n, temperature, top_p, max_tokens, seeds):
+        from or1.workers.rollout import Sample
+
+        order = list(range(len(prompt_token_ids)))[::-1]
+        for start in range(0, len(order), 2):
+            yield [Sample(g, [ord(c) for c in text], [0.0] * len(text), False)
+                   for g in order[start:start + 2] for text in self.answers_of[prompt_token_ids[g][0]]]
+
+
+def test_streaming_scoring_gives_the_batch_scores_in_prompt_order():
+    """Scoring chunks as the engines finish them (out of order) gives what scoring the whole batch gives."""
+    from or1.data.dataset import PromptDataset
+    from or1.trainer import generate_and_score
+    from tests.fakes import CharTokenizer
+
+    answers = {0: ["\\boxed{4}", "4", "\\boxed{5}"], 1: ["\\boxed{7}", "seven", "\\boxed{7}"],
+               2: ["\\boxed{10}", "\\boxed{1}", "x"], 3: ["\\boxed{3}", "\\boxed{3}", "\\boxed{3}"],
+               4: ["2", "\\boxed{2}", "\\boxed{22}"]}
+    truth = {0: "4", 1: "7", 2: "10", 3: "3", 4: "2"}
+    data = PromptDataset([{"prompt": f"q{i}", "answer": truth[i], "data_source": "math"} for i in answers],
+                         [[i] for i in answers])
+    cfg = RewardConfig(terms=[RewardTerm(fn=MATH, weight=1.0, name="correct"),
+                              RewardTerm(fn="or1.rewards.math:format_score", weight=0.1, name="format")],
+                       timeout_s=5.0, num_workers=2)
+    manager = RewardManager(cfg)
+    engines = StreamingEngines({i: answers[i] for i in answers})
+    indices = [3, 0, 4, 1, 2]
+    try:
+        samples, streamed = generate_and_score(engines, manager, CharTokenizer(), data, indices, 3, 1.0, 1.0, 16, None)
+        texts = ["".join(map(chr, s.token_ids)) for s in samples]
+        whole = manager.score(texts, [data.rows[indices[s.prompt_index]] for s in samples])
+    finally:
+        manager.close()
+    assert [s.prompt_index for s in samples] == [g for g in range(5) for _ in range(3)]  # prompt order, n in order
+    assert texts == [t for i in indices for t in answers[i]]
+    assert streamed.rewards.tolist() == whole.rewards.tolist() and streamed.correct.tolist() == whole.correct.tolist()
+    assert streamed.details == whole.details
+    untimed = lambda scores: {k: v for k, v in scores.metrics().items() if not k.startswith("time/")}  # noqa: E731
+    assert untimed(streamed) == untimed(whole)
+    assert streamed.correct.sum() == 10 and streamed.items == whole.items == 30  # the data has right and wrong answers

@@ -202,3 +202,33 @@ def test_eval_on_real_engines_matches_a_recount_of_the_same_samples(tiny_model, 
                                                               for i in members) / 6)
         assert summary[source]["pass@6"] >= summary[source]["avg@6"]
     assert 0 < summary["all"]["avg@6"] < 1  # the recount compares something
+
+
+def test_a_session_takes_prompts_while_generating_and_aborts_the_rest(tiny_model, ray_local, engines):
+    """The streaming refill's engine side: prompts added while others generate come back whole (all n),
+    and an abort leaves no request of the session in any engine."""
+    from transformers import AutoTokenizer
+
+    from or1.workers.rollout import Sampling
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = [render_prompt(tok, f"{i}+{i + 3}", True) for i in range(10)]
+    sampling = Sampling(n=4, temperature=1.0, top_p=1.0, max_tokens=24)
+    session = engines.session(sampling)
+    session.add([(i, prompts[i], 100 + i) for i in range(6)])
+    got = dict(session.next_finished())
+    session.add([(i, prompts[i], 100 + i) for i in range(6, 8)])  # joins the running engines
+    while session.pending:
+        got.update(session.next_finished())
+    assert sorted(got) == list(range(8)) and session.next_finished() == []
+    for samples in got.values():
+        assert len(samples) == 4 and all(len(s.logprobs) == len(s.token_ids) > 0 for s in samples)
+        assert all(lp <= 0 for s in samples for lp in s.logprobs)
+
+    cut = engines.session(Sampling(n=4, temperature=1.0, top_p=1.0, max_tokens=30))
+    cut.add([(i, prompts[i % 10], i) for i in range(40)])
+    handed_back = len(cut.next_finished())
+    cut.abort()
+    assert cut.pending == 0 and handed_back < 40
+    # nothing of the session is left in the engines: asked to run until 10**6 requests finish, they return at once
+    assert ray_local.get([a.run_requests.remote([], sampling, [], 10**6) for a in engines.actors]) == [[], []]

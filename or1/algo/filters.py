@@ -51,6 +51,60 @@ def refill_prompts(deficit: int, informative_estimate: float, max_oversample: fl
     return math.ceil(deficit / p - 1e-9)
 
 
+class PrefixRefill:
+    """Streaming refill: which prompts a step generates, decided while they generate, reproducibly.
+
+    The step first draws ``target`` prompts. Their groups are judged in the order their prompts were
+    drawn (never in the order they finish, which depends on timing); after judging the j-th:
+
+        kept_j     = groups kept among the first j (a non-zero advantage)
+        expected_j = kept_j + p * (drawn - j)        the groups not judged yet, at the fraction p
+        draw ceil((target - expected_j) / p) more prompts when expected_j < target
+
+    with p = clamp(informative_estimate, 1 / max_oversample, 1), and at most ``max_prompts`` drawn.
+    The batch is complete once ``target`` groups are kept (groups after that one are not trained on;
+    their prompts are aborted) or every drawn group is judged. A group that turns out all-right or
+    all-wrong thus frees its place for a new prompt as soon as it and the groups drawn before it are
+    judged, while the engines keep generating, instead of after a whole round.
+    """
+
+    def __init__(self, target: int, informative_estimate: float, max_oversample: float, max_prompts: int):
+        self.target, self.max_prompts = target, max_prompts
+        self.p = min(1.0, max(informative_estimate, 1.0 / max(max_oversample, 1.0)))
+        self.drawn = self.judged = self.kept = 0
+        self.refills = self.refill_prompts = 0  # draws after the first, and their prompts
+        self.refill_deficit = 0.0  # the expected shortfalls those draws were asked to cover
+
+    def start(self) -> int:
+        """Prompts to draw first."""
+        return self._draw(self.target)
+
+    def judge(self, kept: bool) -> int:
+        """The next group in draw order was judged; returns how many prompts to draw now."""
+        self.judged += 1
+        self.kept += bool(kept)
+        if self.complete:
+            return 0
+        short = self.target - self.kept - self.p * (self.drawn - self.judged)
+        if short <= 1e-9:
+            return 0
+        count = self._draw(math.ceil(short / self.p - 1e-9))
+        if count:
+            self.refills += 1
+            self.refill_prompts += count
+            self.refill_deficit += short
+        return count
+
+    @property
+    def complete(self) -> bool:
+        return self.kept >= self.target or self.judged == self.drawn
+
+    def _draw(self, count: int) -> int:
+        count = max(0, min(count, self.max_prompts - self.drawn))
+        self.drawn += count
+        return count
+
+
 class InformativeFraction:
     """Running estimate of the fraction of generated groups that carry a non-zero advantage.
 

@@ -56,6 +56,21 @@ def ppo_clip_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantag
     return loss, was_clipped.float()
 
 
+def truncated_is_weights(learner_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """Per-token truncated importance weights for tokens sampled by another engine (TIS):
+
+        w = min(exp(logp_learner - logp_rollout), cap)
+
+    ``logp_learner``: the learner's log-probs of the tokens under the weights that generated them
+    (the PPO ratio's denominator); ``logp_rollout``: the sampling engine's (vLLM's) for the same
+    tokens. The two differ by numerics (kernels, bf16), so the sampled distribution is not quite
+    the one the ratio assumes; weighting the surrogate by w corrects that, the cap bounding the
+    variance. No gradient flows through w.
+    """
+    return torch.exp(learner_log_probs - rollout_log_probs).clamp(max=cap).detach()
+
+
 def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: KLEstimator | str) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from the sampled tokens' log-probs.
 

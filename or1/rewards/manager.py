@@ -261,7 +261,15 @@ class RewardManager:
                                         f"with a numeric 'score' (and numeric extras)") from None
 
     def score(self, responses: list[str], rows: list[dict]) -> RewardScores:
-        """One call per step: every (response, term) pair goes to the pool at once."""
+        """Every (response, term) pair goes to the pool at once."""
+        return self.score_groups(responses, rows, [len(rows)])[0]
+
+    def score_groups(self, responses: list[str], rows: list[dict], sizes: Sequence[int]) -> list[RewardScores]:
+        """``score`` for consecutive groups of ``sizes`` responses, submitted together, answered per
+        group: concatenating the groups' scores in any grouping gives what one ``score`` call over
+        the same responses gives (the streaming scorer relies on it)."""
+        if sum(sizes) != len(rows):
+            raise ValueError(f"group sizes {list(sizes)} do not add up to {len(rows)} responses")
         plan = [(i, t) for i, row in enumerate(rows) for t in self.terms_for(row)]
         fn_plan = [(k, i, t) for k, (i, t) in enumerate(plan) if not t.fn.startswith(RM_PREFIX)]
         pending = self.pool.submit_batch([(t.fn, dict(t.kwargs), responses[i], rows[i]) for _, i, t in fn_plan],
@@ -272,13 +280,27 @@ class RewardManager:
             results[k] = res
         for k, res in rm_results.items():
             results[k] = res
-        rewards = np.zeros(len(rows))
-        correct: list[float | None] = [None] * len(rows)
+        suppressed: Counter = Counter()  # (term, kind) -> failures in this call not logged in full
+        groups, start, k = [], 0, 0
+        for size in sizes:
+            end = k
+            while end < len(plan) and plan[end][0] < start + size:
+                end += 1
+            groups.append(self._collect([(i - start, t) for i, t in plan[k:end]], results[k:end], size, suppressed))
+            start, k = start + size, end
+        for (name, kind), count in suppressed.items():
+            log.warning("reward %s: %d more %s in this batch of %d items", name, count, kind, len(plan))
+        return groups
+
+    def _collect(self, plan: list[tuple[int, RewardTerm]], results: list[ItemResult], size: int,
+                 suppressed: Counter) -> RewardScores:
+        """One group's ``RewardScores`` from its (response, term) items and their results."""
+        rewards = np.zeros(size)
+        correct: list[float | None] = [None] * size
         primary_score: dict[int, float] = {}
         out = RewardScores(torch.zeros(0), torch.zeros(0), items=len(plan),
                            slowest_item_s=max((r.seconds for r in results), default=0.0),
-                           details=[{} for _ in rows])
-        suppressed: Counter = Counter()  # (term, kind) -> failures in this call not logged in full
+                           details=[{} for _ in range(size)])
         for (i, t), res in zip(plan, results):
             name = term_name(t)
             value, extras = self.cfg.fallback_score, {}
@@ -307,11 +329,9 @@ class RewardManager:
             out.details[i][name] = value
             if kind != "ok":
                 out.details[i][f"{name}/failed"] = kind
-            for k, v in extras.items():
-                out.values.setdefault(f"{name}/{k}", []).append(v)
-                out.details[i][f"{name}/{k}"] = v
-        for (name, kind), count in suppressed.items():
-            log.warning("reward %s: %d more %s in this batch of %d items", name, count, kind, len(plan))
+            for key, v in extras.items():
+                out.values.setdefault(f"{name}/{key}", []).append(v)
+                out.details[i][f"{name}/{key}"] = v
         # correct: the first term reporting "acc" decides; otherwise the first term's score >= 1
         acc = [c if c is not None else float(primary_score.get(i, 0.0) >= 1.0) for i, c in enumerate(correct)]
         out.rewards = torch.tensor(rewards, dtype=torch.float32)

@@ -11,7 +11,7 @@ import torch
 from or1.algo.packing import balance_ranks
 from or1.batch import SequenceBatch
 from or1.workers.learner import RANK_PARTIAL_METRICS
-from or1.workers.rollout import Sample
+from or1.workers.rollout import Request, Sample, Sampling
 
 
 def _get(refs):
@@ -103,6 +103,7 @@ class RolloutGroup:
     def __init__(self, actors: list):
         self.actors = actors
         self.asleep = False
+        self.sessions = 0  # sessions opened: request ids are unique per engine
 
     def generate(self, prompt_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
                  max_tokens: int, seeds: list[int] | None) -> list[Sample]:
@@ -111,16 +112,27 @@ class RolloutGroup:
         Seeds are per prompt, so which engine serves a prompt does not change its samples'
         distribution (nor, with seeds, the samples themselves up to batch-dependent numerics).
         """
-        ranges = [r for r in split_evenly(len(prompt_token_ids), len(self.actors)) if r[1] > r[0]]
-        refs = [a.generate.remote(prompt_token_ids[s:e], n, temperature, top_p, max_tokens,
-                                  None if seeds is None else seeds[s:e])
-                for a, (s, e) in zip(self.actors, ranges)]
-        samples: list[Sample] = []
-        for (start, _), part in zip(ranges, _get(refs)):
-            for smp in part:
-                smp.prompt_index += start
-            samples += part
-        return samples
+        samples = [s for chunk in self.generate_stream(prompt_token_ids, n, temperature, top_p, max_tokens, seeds)
+                   for s in chunk]
+        return sorted(samples, key=lambda s: s.prompt_index)  # stable: each prompt's n keep their order
+
+    def generate_stream(self, prompt_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
+                        max_tokens: int, seeds: list[int] | None):
+        """``generate`` as prompts finish: yields lists of whole prompts' samples (``prompt_index``
+        into ``prompt_token_ids``), in whatever order the engines finish them."""
+        session = self.session(Sampling(n, temperature, top_p, max_tokens))
+        session.add([(i, ids, None if seeds is None else seeds[i]) for i, ids in enumerate(prompt_token_ids)])
+        while finished := session.next_finished():
+            chunk = []
+            for index, samples in finished:
+                for smp in samples:
+                    smp.prompt_index = index
+                chunk += samples
+            yield chunk
+
+    def session(self, sampling: Sampling) -> "RolloutSession":
+        self.sessions += 1
+        return RolloutSession(self.actors, sampling, self.sessions)
 
     def update_weights(self, payload, last: bool) -> int:
         loaded = _get([a.update_weights.remote(payload, last) for a in self.actors])
@@ -140,3 +152,77 @@ class RolloutGroup:
 
     def weight_checksums(self, names: list[str]) -> list[dict[str, float]]:
         return _get([a.weight_checksum.remote(names) for a in self.actors])
+
+
+CHUNKS_PER_ENGINE = 8  # an engine hands back its finished prompts in about this many chunks
+
+
+class RolloutSession:
+    """Prompts sampled on the group's engines as the caller adds them; finished prompts come back as
+    the engines finish them, and the caller may add more or abort the rest at any point (the
+    trainer's streaming refill). A prompt goes to the engine with the fewest in flight; each busy
+    engine has one ``run_requests`` call outstanding, which returns once about 1/8 of its prompts
+    have finished, so an engine idles only for the round trip. Keys are the caller's."""
+
+    def __init__(self, actors: list, sampling: Sampling, session_id: int):
+        self.actors, self.sampling, self.session_id = actors, sampling, session_id
+        self.in_flight: list[dict[str, object]] = [{} for _ in actors]  # per engine: request id -> key
+        self.to_add: list[list[Request]] = [[] for _ in actors]
+        self.to_abort: list[list[str]] = [[] for _ in actors]
+        self.calls: dict[int, object] = {}  # engine -> its outstanding call
+        self.requests = 0
+
+    @property
+    def pending(self) -> int:
+        """Prompts added and neither handed back nor aborted."""
+        return sum(len(f) for f in self.in_flight)
+
+    def add(self, prompts: list[tuple[object, list[int], int | None]]) -> None:
+        """Sample ``(key, prompt token ids, seed)`` prompts."""
+        for key, ids, seed in prompts:
+            engine = min(range(len(self.actors)), key=lambda e: len(self.in_flight[e]))
+            request_id = f"or1-s{self.session_id}-{self.requests}"
+            self.requests += 1
+            self.to_add[engine].append(Request(request_id, list(ids), seed))
+            self.in_flight[engine][request_id] = key
+        self._issue()
+
+    def _issue(self) -> None:
+        for e, actor in enumerate(self.actors):
+            if e in self.calls or not (self.in_flight[e] or self.to_abort[e]):
+                continue
+            chunk = -(-len(self.in_flight[e]) // CHUNKS_PER_ENGINE)
+            self.calls[e] = actor.run_requests.remote(self.to_add[e], self.sampling, self.to_abort[e], chunk)
+            self.to_add[e], self.to_abort[e] = [], []
+
+    def next_finished(self) -> list[tuple[object, list[Sample]]]:
+        """Blocks until an engine hands back finished prompts: ``(key, samples)`` each; [] once
+        nothing is in flight."""
+        import ray
+
+        while self.calls:
+            engines, refs = zip(*self.calls.items())
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            e = engines[refs.index(ready[0])]
+            del self.calls[e]
+            done = [(self.in_flight[e].pop(rid), samples) for rid, samples in ray.get(ready[0])
+                    if rid in self.in_flight[e]]
+            self._issue()
+            if done:
+                return done
+        return []
+
+    def abort(self) -> None:
+        """Drop every prompt still in flight; returns once every engine is idle (nothing of this
+        session left in it: the weights may change next)."""
+        import ray
+
+        for e in range(len(self.actors)):
+            queued = {r.request_id for r in self.to_add[e]}
+            self.to_abort[e] += [rid for rid in self.in_flight[e] if rid not in queued]
+            self.to_add[e], self.in_flight[e] = [], {}
+        ray.get(list(self.calls.values()))
+        self.calls = {}
+        self._issue()  # the aborts (a call with nothing to wait for)
+        ray.get(list(self.calls.values()))
+        self.calls = {}

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from or1.algo.losses import aggregate_loss, kl_penalty, ppo_clip_loss
+from or1.algo.losses import aggregate_loss, kl_penalty, ppo_clip_loss, truncated_is_weights
 from or1.algo.packing import MicroBatch, build_micro_batch, plan_micro_batches
 from or1.batch import SequenceBatch
 from or1.config import AlgorithmConfig, LearnerConfig, ModelConfig, OptimConfig
@@ -26,7 +26,7 @@ from or1.workers.weight_transfer import WeightPacker
 # Metrics each rank reports as its share of a global sum (the group adds them up); every other
 # metric is the same on all ranks (grad norm, lr, token counts) or a time (the group takes the max).
 RANK_PARTIAL_METRICS = ("actor/pg_loss", "actor/entropy", "actor/clipfrac", "actor/approx_kl", "actor/kl_loss",
-                        "actor/computed_tokens", "actor/micro_batches")
+                        "actor/tis_weight", "actor/computed_tokens", "actor/micro_batches")
 
 # what a rank with fewer micro-batches than the others computes (with zero loss) to keep the collectives in step
 IDLE_SEQUENCE = SequenceBatch.from_lists([[0]], [[0]])
@@ -40,7 +40,12 @@ class Learner:
     def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig | None = None,
                  algo_cfg: AlgorithmConfig | None = None, learner_cfg: LearnerConfig | None = None,
                  rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500,
-                 seed: int = 0, shared_fs_marker: str | None = None):
+                 seed: int = 0, shared_fs_marker: str | None = None, cpu_cores: list[int] | None = None):
+        """``cpu_cores``: CPU runs whose engines generate while the learners train
+        (``trainer.off_policy_steps=1``): this rank runs on these cores only, one torch thread each."""
+        if cpu_cores:
+            os.sched_setaffinity(0, cpu_cores)
+            torch.set_num_threads(len(cpu_cores))
         if shared_fs_marker is not None:
             check_shared_filesystem(shared_fs_marker, rank)
         self.model_cfg = model_cfg
@@ -48,7 +53,7 @@ class Learner:
         self.learner_cfg = learner_cfg or LearnerConfig()
         self.algo = algo_cfg or AlgorithmConfig()
         self.rank, self.world_size = rank, world_size
-        if self.learner_cfg.torch_threads > 0:
+        if self.learner_cfg.torch_threads > 0 and not cpu_cores:
             torch.set_num_threads(self.learner_cfg.torch_threads)
         torch.manual_seed(seed)
         # Inside a Ray actor each rank sees only its own GPU (device 0). DeepSpeed reads these.
@@ -155,8 +160,10 @@ class Learner:
         mode, use_kl = a.loss_agg_mode, a.kl.enabled
         if use_kl and batch.ref_log_probs is None:
             raise ValueError("algorithm.kl.enabled needs batch.ref_log_probs")
+        if a.tis_cap is not None and batch.rollout_log_probs is None:
+            raise ValueError("algorithm.tis_cap needs batch.rollout_log_probs (vLLM's log-probs of the tokens)")
 
-        sums = {"pg_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "kl_loss": 0.0}
+        sums = {"pg_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "kl_loss": 0.0, "tis_weight": 0.0}
         computed_tokens = 0
         self.backend.zero_grad()
         plan = self._micro_batch_plan(batch)
@@ -176,6 +183,14 @@ class Learner:
             old = batch.old_log_probs[mb.response_index].to(self.device)
             pg, clipped = ppo_clip_loss(logp, old, mb.advantages.to(self.device), a.clip_low, a.clip_high,
                                         a.dual_clip)
+            if a.tis_cap is not None:
+                weights = truncated_is_weights(old, batch.rollout_log_probs[mb.response_index].to(self.device),
+                                               a.tis_cap)
+                # replayed rows carry no vLLM log-probs: their ratio's denominator is all there is
+                sampled_now = batch.per_response_token(batch.fresh)[mb.response_index].to(self.device)
+                weights = torch.where(sampled_now, weights, torch.ones_like(weights))
+                pg = pg * weights
+                sums["tis_weight"] += agg(weights, "token_mean").item()
             pg_loss = agg(pg)
             entropy_loss = agg(entropy)
             loss = pg_loss - entropy_coef * entropy_loss if entropy_coef > 0 else pg_loss
@@ -200,6 +215,8 @@ class Learner:
         self.backend.zero_grad()
         if not use_kl:
             del sums["kl_loss"]
+        if a.tis_cap is None:
+            del sums["tis_weight"]
         metrics = {f"actor/{k}": v for k, v in sums.items()}
         metrics["actor/grad_norm"] = grad_norm
         metrics["actor/lr"] = lr_used

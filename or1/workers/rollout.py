@@ -16,6 +16,25 @@ from or1.config import RolloutConfig
 
 
 @dataclass
+class Request:
+    """One prompt to sample for: or1's request id (unique per engine), its tokens, its vLLM seed."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    seed: int | None = None
+
+
+@dataclass
+class Sampling:
+    """How every request of a call is sampled."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+@dataclass
 class Sample:
     """One generated response. ``logprobs[i]`` is vLLM's log-prob of ``token_ids[i]``."""
 
@@ -37,14 +56,31 @@ def by_prompt(samples: list[Sample], n: int, prompts: int) -> list[list[Sample]]
     return groups
 
 
+def to_samples(prompt_index: int, output) -> list[Sample]:
+    """A vLLM ``RequestOutput`` (``logprobs=0``, flat log-probs) as one ``Sample`` per completion."""
+    samples = []
+    for completion in output.outputs:
+        tokens = list(completion.token_ids)
+        flat = completion.logprobs  # logprobs=0: position j holds exactly the sampled token
+        if len(flat.logprobs) != len(tokens) or flat.token_ids != tokens:
+            raise RuntimeError(f"vLLM returned {len(flat.logprobs)} log-probs for {len(tokens)} sampled tokens")
+        samples.append(Sample(prompt_index, tokens, list(flat.logprobs), completion.finish_reason == "length"))
+    return samples
+
+
 class RolloutWorker:
     """Wrapped with ``ray.remote`` by the driver; plain class so it stays importable and testable."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, sleep_mode: bool = False,
-                 ray_bundle_indices: list[int] | None = None):
+                 ray_bundle_indices: list[int] | None = None, cpu_cores: list[int] | None = None):
         """``sleep_mode``: colocated with a learner on GPUs (``sleep``/``wake_up`` free and restore
         the engine's memory). ``ray_bundle_indices``: on GPUs, the placement-group bundles (one
-        GPU each) vLLM's Ray executor uses for this engine's tensor-parallel workers."""
+        GPU each) vLLM's Ray executor uses for this engine's tensor-parallel workers. ``cpu_cores``:
+        a CPU engine that generates while the learners train runs on these cores only (vLLM's own
+        processes inherit the affinity; its OpenMP threads are bound to them)."""
+        if cpu_cores:
+            os.sched_setaffinity(0, cpu_cores)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpu_cores))
         # the run's worker environment sets it (or1.startup.worker_environment); standalone use: WARNING
         os.environ.setdefault("VLLM_LOGGING_LEVEL", cfg.vllm_log_level or "WARNING")
         # vLLM configures its loggers from that variable, but some modules warn while vLLM is still being
@@ -64,6 +100,7 @@ class RolloutWorker:
         from vllm import LLM
 
         self.cfg = cfg
+        self.calls = 0  # generate calls so far: request ids are unique per call
         t0 = time.time()
         self.llm = LLM(
             model=model_path,
@@ -85,23 +122,47 @@ class RolloutWorker:
     def generate(self, prompt_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
                  max_tokens: int, seeds: list[int] | None = None) -> list[Sample]:
         """Sample ``n`` responses per prompt; returns them grouped, prompt by prompt."""
+        self.calls += 1
+        requests = [Request(f"or1-{self.calls}-{i}", ids, None if seeds is None else seeds[i])
+                    for i, ids in enumerate(prompt_token_ids)]
+        index_of = {r.request_id: i for i, r in enumerate(requests)}
+        done = self.run_requests(requests, Sampling(n, temperature, top_p, max_tokens), [], len(requests))
+        samples = []
+        for request_id, members in sorted(done, key=lambda d: index_of[d[0]]):
+            for s in members:
+                s.prompt_index = index_of[request_id]
+            samples += members
+        return samples
+
+    def run_requests(self, add: list[Request], sampling: Sampling, abort: list[str],
+                     min_finished: int) -> list[tuple[str, list[Sample]]]:
+        """Add ``add`` to the engine, abort the requests named in ``abort``, then step the engine
+        until ``min_finished`` requests have finished (or none is left unfinished); returns each
+        finished request's id and samples (``prompt_index`` -1: the caller knows the prompts).
+
+        What ``LLM.generate`` does, cut into pieces: requests that have not finished stay in the
+        engine for the next call, so a caller can score finished prompts, add prompts and abort
+        others while the engine keeps its batch.
+        """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
-        params = [
-            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                           logprobs=0, seed=None if seeds is None else seeds[i])
-            for i in range(len(prompt_token_ids))
-        ]
-        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        samples = []
-        for i, out in enumerate(outputs):
-            for completion in out.outputs:
-                tokens = list(completion.token_ids)
-                lps = [completion.logprobs[j][tok].logprob for j, tok in enumerate(tokens)]
-                samples.append(Sample(i, tokens, lps, completion.finish_reason == "length"))
-        return samples
+        engine = self.llm.llm_engine
+        if abort:
+            engine.abort_request(abort)  # or1's ids are the engine's external ids
+        for r in add:
+            # logprobs=0: only the sampled token's; flat_logprobs: one list per response instead of a dict per
+            # token; detokenize=False: the driver decodes once for the rewards, vLLM's text would go unused;
+            # FINAL_ONLY: one output per prompt, once all n are done
+            params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                    max_tokens=sampling.max_tokens, logprobs=0, flat_logprobs=True,
+                                    detokenize=False, seed=r.seed, output_kind=RequestOutputKind.FINAL_ONLY)
+            engine.add_request(r.request_id, TokensPrompt(prompt_token_ids=r.prompt_token_ids), params)
+        finished: list[tuple[str, list[Sample]]] = []
+        while len(finished) < min_finished and engine.has_unfinished_requests():
+            finished += [(out.request_id, to_samples(-1, out)) for out in engine.step() if out.finished]
+        return finished
 
     def update_weights(self, payload, last: bool = True) -> int:
         """Load new weights (a buffer of ``or1.workers.weight_transfer``) in place.
