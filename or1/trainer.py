@@ -21,7 +21,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -69,12 +69,17 @@ class Learners(Protocol):
 
 
 class Rollouts(Protocol):
-    """``or1.workers.group.RolloutGroup``: vLLM engines; samples come back grouped, prompt by prompt."""
+    """``or1.workers.group.RolloutGroup``: vLLM engines. ``generate``: samples grouped, prompt by prompt;
+    ``generate_stream``: the same as prompts finish (a component without it is asked for whole
+    batches); ``session``: prompts added and aborted while others generate (streaming refill)."""
 
     asleep: bool
 
     def generate(self, prompt_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
                  max_tokens: int, seeds: list[int] | None) -> list: ...
+    def generate_stream(self, prompt_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
+                        max_tokens: int, seeds: list[int] | None) -> Iterator[list]: ...
+    def session(self, sampling: Sampling) -> Any: ...
     def sleep(self, level: int) -> None: ...
     def wake_up(self, tags: list[str] | None = None) -> None: ...
 

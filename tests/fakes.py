@@ -66,14 +66,16 @@ class ScriptedRollouts:
     def generate(self, prompt_token_ids, n, temperature, top_p, max_tokens, seeds):
         self.calls.append({"prompts": [p[0] - PROMPT_BASE for p in prompt_token_ids], "n": n,
                            "temperature": temperature, "max_tokens": max_tokens, "seeds": seeds})
+        return [s for g, ids in enumerate(prompt_token_ids) for s in self.answer(g, ids, n, max_tokens)]
+
+    def answer(self, prompt_index, prompt_ids, n, max_tokens) -> list[Sample]:
+        """The script's n responses to one prompt."""
+        outcomes = self.script(prompt_ids[0] - PROMPT_BASE, n)
+        assert len(outcomes) == n
         samples = []
-        for g, ids in enumerate(prompt_token_ids):
-            outcomes = self.script(ids[0] - PROMPT_BASE, n)
-            assert len(outcomes) == n
-            for o in outcomes:
-                tokens = [RIGHT if o.right else WRONG] + [FILLER] * (o.length - 1)
-                tokens = tokens[:max_tokens]
-                samples.append(Sample(g, tokens, [-0.5] * len(tokens), o.truncated or o.length > max_tokens))
+        for o in outcomes:
+            tokens = ([RIGHT if o.right else WRONG] + [FILLER] * (o.length - 1))[:max_tokens]
+            samples.append(Sample(prompt_index, tokens, [-0.5] * len(tokens), o.truncated or o.length > max_tokens))
         return samples
 
     def generate_stream(self, prompt_token_ids, n, temperature, top_p, max_tokens, seeds):
@@ -122,14 +124,10 @@ class FakeSession:
             done, self.queue = self.queue[:2], self.queue[2:]
         else:
             done, self.queue = self.queue[-2:][::-1], self.queue[:-2]
-        return [(key, ScriptedRollouts.generate(ScriptedRollouts(self.rollouts.script), [ids], self.sampling.n,
-                                                self.sampling.temperature, self.sampling.top_p,
-                                                self.sampling.max_tokens, [seed]))
-                for key, ids, seed in done]
+        return [(key, self.rollouts.answer(-1, ids, self.sampling.n, self.sampling.max_tokens)) for key, ids, _ in done]
 
     def abort(self):
         self.aborted += len(self.queue)
-        self.rollouts.aborted = getattr(self.rollouts, "aborted", 0) + len(self.queue)
         self.queue = []
 
 
