@@ -1,4 +1,4 @@
-"""Placement plans, the cluster check, the memory estimate, batch sharding and sync buckets:
+"""Placement plans, the cluster check, the memory estimate, core assignment and sync buckets:
 pure functions, checked against hand-worked layouts."""
 
 import pytest
@@ -7,7 +7,6 @@ from omegaconf import OmegaConf
 from or1.config import OR1Config
 from or1.placement import ModelShape, check_cluster, estimate_memory_gib, micro_batch_tokens_at_most, plan_placement
 from or1.workers.backends import weight_buckets
-from or1.workers.group import split_evenly
 
 
 def config(**sections) -> OR1Config:
@@ -95,11 +94,6 @@ def test_memory_estimate_by_hand():
     assert micro_batch_tokens_at_most(cfg) == 1024
     cfg.learner.max_tokens_per_micro_batch, cfg.learner.micro_batch_sequences = 0, 3
     assert micro_batch_tokens_at_most(cfg) == 3 * 1024
-
-
-def test_split_evenly():
-    assert split_evenly(7, 3) == [(0, 3), (3, 5), (5, 7)]
-    assert split_evenly(1, 2) == [(0, 1), (1, 1)]
 
 
 def test_weight_buckets_keep_decoder_layers_whole():

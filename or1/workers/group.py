@@ -86,19 +86,9 @@ class LearnerGroup:
         return {"sync/bytes": float(total), "sync/buckets": float(len(plan))}
 
 
-def split_evenly(count: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous [start, end) ranges covering ``count`` items, sizes differing by at most one."""
-    base, extra = divmod(count, parts)
-    bounds, start = [], 0
-    for p in range(parts):
-        end = start + base + (1 if p < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
-
-
 class RolloutGroup:
-    """vLLM engines (``or1.workers.rollout.RolloutWorker`` actors); prompts are split evenly."""
+    """vLLM engines (``or1.workers.rollout.RolloutWorker`` actors); each prompt goes to the engine with
+    the fewest in flight (``RolloutSession``)."""
 
     def __init__(self, actors: list):
         self.actors = actors

@@ -56,15 +56,16 @@ def by_prompt(samples: list[Sample], n: int, prompts: int) -> list[list[Sample]]
     return groups
 
 
-def to_samples(prompt_index: int, output) -> list[Sample]:
-    """A vLLM ``RequestOutput`` (``logprobs=0``, flat log-probs) as one ``Sample`` per completion."""
+def to_samples(output) -> list[Sample]:
+    """A vLLM ``RequestOutput`` (``logprobs=0``, flat log-probs) as one ``Sample`` per completion
+    (``prompt_index`` -1: the caller knows which prompt it was)."""
     samples = []
     for completion in output.outputs:
         tokens = list(completion.token_ids)
         flat = completion.logprobs  # logprobs=0: position j holds exactly the sampled token
         if len(flat.logprobs) != len(tokens) or flat.token_ids != tokens:
             raise RuntimeError(f"vLLM returned {len(flat.logprobs)} log-probs for {len(tokens)} sampled tokens")
-        samples.append(Sample(prompt_index, tokens, list(flat.logprobs), completion.finish_reason == "length"))
+        samples.append(Sample(-1, tokens, list(flat.logprobs), completion.finish_reason == "length"))
     return samples
 
 
@@ -161,7 +162,7 @@ class RolloutWorker:
             engine.add_request(r.request_id, TokensPrompt(prompt_token_ids=r.prompt_token_ids), params)
         finished: list[tuple[str, list[Sample]]] = []
         while len(finished) < min_finished and engine.has_unfinished_requests():
-            finished += [(out.request_id, to_samples(-1, out)) for out in engine.step() if out.finished]
+            finished += [(out.request_id, to_samples(out)) for out in engine.step() if out.finished]
         return finished
 
     def update_weights(self, payload, last: bool = True) -> int:
